@@ -1,0 +1,276 @@
+"""Batch scripts that run one command inside an Apptainer image.
+
+Shared by the spawner, cell jobs, services and kernels. The script consists of
+fixed text written here and argv lists quoted with :func:`shlex.join` /
+:func:`shlex.quote`; user input never reaches it unquoted.
+
+Layout of a generated script::
+
+    #!/bin/bash
+    #SBATCH ...                     (optional fixed directives)
+    set -euo pipefail
+    export NAME=<quoted literal>    (optional, non-secret literals)
+    <fixed helper functions>
+    <setup argv lines>              (optional)
+    jhpc_node_info                  (stderr: "jupyter-hpc: node=... cpus=... cpu_model=...")
+    PORT=$(jhpc_pick_port LO HI)    (optional port hand-off, see below)
+    export APPTAINERENV_NAME="$NAME" for each named variable present in the job environment
+    printf 'jupyter-hpc: starting container %s on %s\\n' IMAGE NODE >&2
+    [exec] apptainer exec ... IMAGE ARGV...
+
+Port hand-off
+-------------
+With ``port=True`` the job picks a free TCP port on its node (random in
+``port_range``; a port counts as free when nothing accepts a connection on it,
+checked with bash's ``/dev/tcp``), exports it as ``PORT`` (also into the
+container as ``APPTAINERENV_PORT``) and records ``host=NODE,port=PORT`` in the
+job's Slurm comment with ``scontrol update JobId=$SLURM_JOB_ID Comment=...``.
+The shared :class:`~jupyter_hpc.watcher.JobWatcher` reads comments with its
+regular squeue, so :attr:`jupyter_hpc.slurm.JobInfo.endpoint` becomes
+``(host, port)`` without any extra query. Should ``scontrol update`` be refused,
+the job writes ``~/.jupyter-hpc/jobs/$SLURM_JOB_ID.json`` (mode 0600) instead;
+:func:`read_port_file` reads it.
+
+The command may use the port through the placeholder ``{port}`` anywhere in an
+argv element (``--ServerApp.port={port}``): each literal piece of the element
+is quoted separately and the placeholders become ``"$PORT"``, so the element
+stays one word and nothing else is expanded. Placeholders are only expanded
+when ``port=True``; ``{port}`` is then not available as literal text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from . import apptainer as _apptainer
+from . import slurm, validate
+from .slurm import Line
+from .validate import ValidationError
+
+PORT_PLACEHOLDER = "{port}"
+MARKER_PREFIX = "jupyter-hpc: "
+STARTING_MARKER = "jupyter-hpc: starting container"
+
+#: How the job names its node in the port hand-off.
+HOST_EXPRESSIONS = {
+    "hostname": '"$(hostname -s)"',
+    "fqdn": '"$(hostname -f)"',
+    "nodename": '"${SLURMD_NODENAME:-$(hostname -s)}"',
+    "ip": '"$(hostname -I | cut -d" " -f1)"',
+}
+
+_HELPERS = r"""
+jhpc_port_free() {
+    # true when nothing accepts TCP connections on port $1 (loopback and the node's address)
+    local addr
+    for addr in 127.0.0.1 "$JHPC_HOST_ADDR"; do
+        [ -n "$addr" ] || continue
+        # connected (0) or no answer within 2 s (124): somebody uses or filters the port
+        timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$addr" "$1" 2>/dev/null
+        case $? in 0|124) return 1 ;; esac
+    done
+    return 0
+}
+jhpc_pick_port() {
+    local lo=$1 hi=$2 i p tries
+    tries=$(( (hi - lo + 1) * 2 ))
+    [ "$tries" -le 100 ] || tries=100
+    for i in $(seq 1 "$tries"); do
+        p=$(( lo + ( ((RANDOM << 15) | RANDOM) % (hi - lo + 1) ) ))
+        if jhpc_port_free "$p"; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "jupyter-hpc: no free port in $lo-$hi" >&2
+    return 1
+}
+jhpc_node_info() {
+    local model
+    model=$(grep -m1 -i '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
+    printf 'jupyter-hpc: node=%s cpus=%s cpu_model=%s\n' "$(hostname -s)" "$(nproc 2>/dev/null || echo '?')" "${model:-unknown}" >&2
+}
+""".strip("\n")
+
+_RECORD_PORT = r"""
+jhpc_record_port() {
+    # $1: comment prefix, $2: host, $3: port
+    if "$JHPC_SCONTROL" update JobId="$SLURM_JOB_ID" Comment="$1host=$2,port=$3" 2>/dev/null; then
+        return 0
+    fi
+    echo "jupyter-hpc: scontrol update refused, writing the port file" >&2
+    (umask 077 && mkdir -p "$HOME/.jupyter-hpc/jobs" &&
+        printf '{"job_id": "%s", "host": "%s", "port": %s}\n' "$SLURM_JOB_ID" "$2" "$3" \
+            > "$HOME/.jupyter-hpc/jobs/$SLURM_JOB_ID.json")
+}
+""".strip("\n")
+
+
+def quote_word(element: str, expand_port: bool) -> str:
+    """Quote one argv element; with ``expand_port``, ``{port}`` becomes ``"$PORT"``."""
+    element = str(element)
+    if "\x00" in element:
+        raise ValidationError("command", "contains a NUL character")
+    if not expand_port or PORT_PLACEHOLDER not in element:
+        return shlex.quote(element)
+    pieces = element.split(PORT_PLACEHOLDER)
+    return '"$PORT"'.join(shlex.quote(p) if p else "" for p in pieces) or '"$PORT"'
+
+
+def command_line(argv: Sequence[str], expand_port: bool = False, exec_: bool = False) -> Line:
+    """An argv as one script line (``exec`` prepended when asked)."""
+    words = [quote_word(a, expand_port) for a in argv]
+    return Line(("exec " if exec_ else "") + " ".join(words))
+
+
+def build_container_script(
+    image: str,
+    argv: Sequence[str],
+    *,
+    binds: Iterable[_apptainer.Bind] = (),
+    nv: bool = False,
+    cleanenv: bool = True,
+    containall: bool = False,
+    pwd: Optional[str] = None,
+    home: Optional[str] = None,
+    writable: bool = False,
+    app: Optional[str] = None,
+    apptainer: str = "apptainer",
+    apptainer_extra: Sequence[str] = (),
+    env_names: Iterable[str] = (),
+    exports: Optional[Mapping[str, str]] = None,
+    setup: Iterable[Sequence[str]] = (),
+    port: bool = False,
+    port_range: Tuple[int, int] = (20000, 39999),
+    comment: Optional[str] = None,
+    host: str = "hostname",
+    scontrol: str = "scontrol",
+    exec_: bool = True,
+    directives: Sequence[str] = (),
+    node_info: bool = True,
+) -> str:
+    """The batch script that runs ``argv`` inside ``image`` with ``apptainer exec``.
+
+    - ``env_names``: variables of the *job environment* made visible in the
+      container (``export APPTAINERENV_NAME="$NAME"`` when set); the values
+      never appear in the script. Put secrets here and in ``submit(env=...)``.
+    - ``exports``: non-secret literal values (``export NAME='value'``), also
+      passed into the container.
+    - ``setup``: argv lists run before the container starts (e.g. ``["module", "load", "x"]``).
+    - ``port``: pick a free port and record it (see module docs); ``comment``
+      is the job's submit comment (:func:`slurm.make_comment`), kept in front of
+      ``host=...,port=...``.
+    - ``host``: key of :data:`HOST_EXPRESSIONS` (how the node names itself).
+    - ``exec_``: replace the shell by apptainer (signals from Slurm reach it directly).
+    """
+    lo, hi = port_range
+    lo = validate.integer(lo, "port range", 1024, 65535)
+    hi = validate.integer(hi, "port range", lo, 65535)
+    if host not in HOST_EXPRESSIONS:
+        raise ValidationError("host", f"{host!r} is not one of {', '.join(HOST_EXPRESSIONS)}")
+    names = [validate.env_name(n) for n in env_names]
+    literal = {validate.env_name(k): str(v) for k, v in (exports or {}).items()}
+
+    lines: List[slurm.ScriptItem] = [Line(_HELPERS)]
+    for step in setup:
+        lines.append(list(step))
+    if node_info:
+        lines.append(Line("jhpc_node_info"))
+    if port:
+        prefix = comment if comment else slurm.COMMENT_PREFIX
+        prefix = validate.safe_text(prefix, "comment", 150)
+        if not prefix.startswith(slurm.COMMENT_PREFIX):
+            raise ValidationError("comment", f"must start with {slurm.COMMENT_PREFIX!r}")
+        if not prefix.endswith((":", ",")):
+            prefix += ","
+        lines.append(Line(_RECORD_PORT))
+        lines.append(Line("JHPC_SCONTROL=" + shlex.quote(scontrol)))
+        lines.append(Line(f"JHPC_HOST={HOST_EXPRESSIONS[host]}"))
+        lines.append(Line('JHPC_HOST_ADDR=$(getent hosts "$JHPC_HOST" 2>/dev/null | cut -d" " -f1 | head -n1 || true)'))
+        lines.append(Line(f"PORT=$(jhpc_pick_port {lo} {hi})"))
+        lines.append(Line("export PORT"))
+        lines.append(Line("export APPTAINERENV_PORT=\"$PORT\""))
+        lines.append(Line(f'jhpc_record_port {shlex.quote(prefix)} "$JHPC_HOST" "$PORT"'))
+        lines.append(Line('echo "jupyter-hpc: port=$PORT host=$JHPC_HOST" >&2'))
+    for name in literal:
+        lines.append(Line(f'export APPTAINERENV_{name}="${name}"'))
+    for name in names:
+        lines.append(Line(f'if [ -n "${{{name}+x}}" ]; then export APPTAINERENV_{name}="${name}"; fi'))
+
+    full = _apptainer.exec_argv(
+        image,
+        argv,
+        binds=binds,
+        nv=nv,
+        cleanenv=cleanenv,
+        containall=containall,
+        pwd=pwd,
+        home=home,
+        writable=writable,
+        app=app,
+        extra=apptainer_extra,
+        apptainer=apptainer,
+    )
+    lines.append(Line(f"printf 'jupyter-hpc: starting container %s on %s\\n' {shlex.quote(image)} \"$(hostname -s)\" >&2"))
+    lines.append(command_line(full, expand_port=port, exec_=exec_))
+    return slurm.batch_script(lines, exports=literal, directives=directives)
+
+
+_MARKER_KV = re.compile(r"(\w+)=(.*?)(?=\s\w+=|$)")
+
+
+def parse_markers(text: str) -> Dict[str, str]:
+    """Collect ``jupyter-hpc:`` marker lines from a job's stderr.
+
+    Returns e.g. ``{"node": "n1", "cpus": "2", "cpu_model": "AMD EPYC ...",
+    "port": "23456", "host": "n1", "started": "/opt/.../notebook.sif"}``.
+    """
+    info: Dict[str, str] = {}
+    for line in (text or "").splitlines():
+        if not line.startswith(MARKER_PREFIX):
+            continue
+        body = line[len(MARKER_PREFIX):]
+        if line.startswith(STARTING_MARKER):
+            rest = line[len(STARTING_MARKER):].strip()
+            image, _, node = rest.rpartition(" on ")
+            info["started"] = image
+            info.setdefault("node", node)
+            continue
+        for key, value in _MARKER_KV.findall(body):
+            info[key] = value.strip()
+    return info
+
+
+def port_file(home: str, job_id: Any) -> str:
+    return os.path.join(home, ".jupyter-hpc", "jobs", f"{validate.job_id(job_id)}.json")
+
+
+def read_port_file(home: str, job_id: Any) -> Optional[Tuple[str, int]]:
+    """Fallback hand-off: ``(host, port)`` from ``~/.jupyter-hpc/jobs/JOBID.json``, or ``None``."""
+    try:
+        with open(port_file(home, job_id)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    host, port = data.get("host"), data.get("port")
+    if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", host):
+        return None
+    if not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    return host, port
+
+
+__all__ = [
+    "PORT_PLACEHOLDER",
+    "HOST_EXPRESSIONS",
+    "build_container_script",
+    "command_line",
+    "quote_word",
+    "parse_markers",
+    "read_port_file",
+    "port_file",
+]
