@@ -1,0 +1,211 @@
+"""IPython magics: ``%%hpc`` runs a cell as a Slurm job inside an image; ``%hpc jobs`` lists jobs.
+
+``%load_ext jupyter_hpc`` registers them. They talk to Slurm directly (no
+Jupyter server needed) through the same submission code as the REST API
+(:class:`jupyter_hpc.celljob.CellJobManager`), as the user the kernel runs as::
+
+    %%hpc --image site:notebook.sif --partition gpu --gpus 1 --time 00:10:00 --wait
+    import torch; print(torch.cuda.device_count())
+
+Options: ``--image`` (id from the image catalog, or a path inside an allowed
+image directory), ``--partition``, ``--gpus``, ``--cpus``, ``--mem``,
+``--time``, ``--exclusive``, ``--wait`` (show the outputs here when the job
+runs; otherwise the job id is shown and ``%hpc output JOBID`` fetches them later).
+Line magic: ``%hpc jobs``, ``%hpc output JOBID``, ``%hpc cancel JOBID``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import threading
+import time
+from typing import Any, Coroutine, Optional
+
+from . import validate
+from .validate import ValidationError
+
+POLL_SECONDS = 0.5
+
+
+def _run_async(coro: Coroutine) -> Any:
+    """Run a coroutine to completion from synchronous magic code.
+
+    Inside a kernel an event loop is already running in this thread, so the
+    coroutine runs on a private loop in a helper thread.
+    """
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=target, name="jupyter-hpc-magic")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValidationError("options", message)
+
+
+def cell_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="%%hpc", add_help=False)
+    p.add_argument("--image", required=False)
+    p.add_argument("--partition")
+    p.add_argument("--gpus")
+    p.add_argument("--cpus")
+    p.add_argument("--mem", dest="memory")
+    p.add_argument("--time")
+    p.add_argument("--exclusive", action="store_true")
+    p.add_argument("--wait", action="store_true")
+    return p
+
+
+def parse_cell_options(line: str) -> dict:
+    """``%%hpc`` options as a request body (without ``code``)."""
+    try:
+        words = shlex.split(line)
+    except ValueError as e:
+        raise ValidationError("options", str(e)) from None
+    ns = cell_parser().parse_args(words)
+    body = {k: v for k, v in vars(ns).items() if v is not None and k != "wait"}
+    if not ns.exclusive:
+        body.pop("exclusive", None)
+    return {"body": body, "wait": ns.wait}
+
+
+class HPCMagicsRuntime:
+    """Slurm/image clients and the cell-job manager used by the magics (one per kernel)."""
+
+    def __init__(self, config=None):
+        from .celljob import CellJobManager
+        from .cluster import SlurmClient
+        from .extension import current_username
+        from .images import ImageCatalog
+
+        self.username = current_username()
+        kwargs = {"config": config} if config is not None else {}
+        self.slurm = SlurmClient(run_as_user=False, **kwargs)
+        self.catalog = ImageCatalog(**kwargs)
+        defaults = {"time": "00:30:00", "cpus": 1, "memory": "1G", "gpus": 0}
+        self.cells = CellJobManager(slurm=self.slurm, catalog=self.catalog, username=self.username,
+                                    default_resources=defaults)
+
+
+def _show_output(out: dict) -> None:
+    from IPython.display import display
+
+    kind = out.get("output_type")
+    if kind == "stream":
+        stream = sys.stderr if out.get("name") == "stderr" else sys.stdout
+        stream.write(out.get("text", ""))
+        stream.flush()
+    elif kind in ("display_data", "execute_result"):
+        display(out.get("data", {}), raw=True, metadata=out.get("metadata") or {})
+    elif kind == "error":
+        sys.stderr.write("\n".join(out.get("traceback") or [f"{out.get('ename')}: {out.get('evalue')}"]) + "\n")
+        sys.stderr.flush()
+
+
+def _load_magics():
+    from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+    @magics_class
+    class HPCMagics(Magics):
+        """``%%hpc`` / ``%hpc``."""
+
+        _runtime: Optional[HPCMagicsRuntime] = None
+
+        @property
+        def runtime(self) -> HPCMagicsRuntime:
+            if self._runtime is None:
+                self._runtime = HPCMagicsRuntime(config=getattr(self.shell, "config", None))
+            return self._runtime
+
+        @line_cell_magic
+        def hpc(self, line: str, cell: Optional[str] = None):
+            try:
+                if cell is None:
+                    return self._line(line)
+                return self._cell(line, cell)
+            except ValidationError as e:
+                print(f"%hpc: {e.field}: {e.message}", file=sys.stderr)
+            except Exception as e:  # noqa: BLE001 - a magic reports errors instead of raising tracebacks
+                print(f"%hpc: {type(e).__name__}: {e}", file=sys.stderr)
+
+        def _cell(self, line: str, cell: str):
+            opts = parse_cell_options(line)
+            body = dict(opts["body"], code=cell)
+            rt = self.runtime
+            result = _run_async(rt.cells.submit(body, cwd=os.getcwd()))
+            job_id = result["job_id"]
+            print(f"Submitted cell job {job_id} (image {body.get('image')})", flush=True)
+            if not opts["wait"]:
+                state = _run_async(rt.cells.state(job_id, 0))
+                print(f"job {job_id}: {state.state}. Outputs: %hpc output {job_id}", flush=True)
+                return None
+            return self._follow(job_id)
+
+        def _follow(self, job_id: str):
+            rt = self.runtime
+            since, last_state = 0, None
+            while True:
+                state = _run_async(rt.cells.state(job_id, since))
+                if state.state != last_state and not state.done:
+                    where = f" on {state.node}" if state.node else ""
+                    reason = f" ({state.reason})" if state.reason and state.state == "PENDING" else ""
+                    print(f"job {job_id}: {state.state}{where}{reason}", flush=True)
+                    last_state = state.state
+                for out in state.outputs:
+                    _show_output(out)
+                since = state.next
+                if state.done:
+                    print(f"job {job_id}: {state.state}", flush=True)
+                    return None
+                time.sleep(POLL_SECONDS)
+
+        def _line(self, line: str):
+            words = shlex.split(line)
+            if not words or words[0] == "jobs":
+                return self._jobs()
+            if words[0] in ("output", "cancel") and len(words) == 2:
+                job_id = validate.job_id(words[1])
+                if words[0] == "output":
+                    return self._follow(job_id)
+                _run_async(self.runtime.cells.cancel(job_id))
+                print(f"job {job_id}: cancel requested")
+                return None
+            print("usage: %hpc jobs | %hpc output JOBID | %hpc cancel JOBID | %%hpc --image IMAGE [options]",
+                  file=sys.stderr)
+            return None
+
+        def _jobs(self):
+            rt = self.runtime
+            jobs = _run_async(rt.slurm.squeue(user=rt.username))
+            rows = [("JOBID", "NAME", "KIND", "STATE", "PARTITION", "NODES", "ELAPSED")]
+            for j in sorted(jobs.values(), key=lambda j: int(j.job_id.split("_")[0])):
+                if j.user != rt.username:
+                    continue
+                kind = j.kind if j.kind in ("cell", "service", "kernel", "server") else "other"
+                rows.append((j.job_id, j.name or "", kind, j.state, j.partition or "",
+                             j.nodes or "", str(j.elapsed or 0) + "s"))
+            widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+            for r in rows:
+                print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+            return None
+
+    return HPCMagics
+
+
+def load_ipython_extension(ipython) -> None:
+    ipython.register_magics(_load_magics())
