@@ -1,0 +1,5 @@
+export * from './base';
+export * from './images';
+export * from './jobs';
+export * from './services';
+export * from './celljob';

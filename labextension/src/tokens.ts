@@ -1,0 +1,168 @@
+/**
+ * Types shared by the sidebar, mirroring the REST API of the jupyter-hpc
+ * server extension (docs/architecture.md, "REST API").
+ */
+import type * as nbformat from '@jupyterlab/nbformat';
+
+/** Plugin id; also the settings id (`schema/plugin.json`). */
+export const PLUGIN_ID = 'jupyter-hpc:plugin';
+
+/** URL path of the REST API below the server's base URL. */
+export const API_NAMESPACE = 'jupyter-hpc/api';
+
+/** Metadata key under which a cell records its batch job. */
+export const CELL_METADATA_KEY = 'jupyter_hpc';
+
+export namespace CommandIDs {
+  export const runCell = 'jupyter-hpc:run-cell';
+  export const cancelCellJob = 'jupyter-hpc:cancel-cell-job';
+  export const openSidebar = 'jupyter-hpc:open-sidebar';
+  export const refresh = 'jupyter-hpc:refresh';
+  export const openOutput = 'jupyter-hpc:open-output';
+  export const openService = 'jupyter-hpc:open-service';
+  export const startService = 'jupyter-hpc:start-service';
+}
+
+export type ImageFormat = 'sif' | 'sandbox' | 'remote';
+
+export interface IImage {
+  id: string;
+  name: string;
+  title: string;
+  description: string;
+  format: ImageFormat;
+  path: string | null;
+  ref: string | null;
+  size: number | null;
+  gpu: boolean;
+  labels: Record<string, string>;
+  apps: string[];
+  owner: string;
+  pulled: boolean;
+}
+
+export interface IPull {
+  ref: string;
+  state: 'pulling' | 'done' | 'error';
+  progress: number | null;
+  message: string;
+  image_id: string | null;
+}
+
+export interface IPartition {
+  name: string;
+  default: boolean;
+  state: string;
+  nodes: number;
+  cpus: number;
+  memory_mb: number;
+  max_time_minutes: number | null;
+  gpus: Record<string, number>;
+}
+
+export type JobKind = 'cell' | 'service' | 'kernel' | 'server' | 'other';
+
+export interface IJob {
+  id: string;
+  name: string;
+  kind: JobKind;
+  state: string;
+  reason: string | null;
+  nodes: string | null;
+  partition: string | null;
+  elapsed: string | null;
+  time_limit: string | null;
+  start_time: string | null;
+  gpus: number | null;
+  image: string | null;
+}
+
+export interface IJobOutputChunk {
+  data: string;
+  offset: number;
+  eof: boolean;
+}
+
+/** Body of `POST cells`. */
+export interface ICellJobRequest {
+  code: string;
+  image: string;
+  partition: string;
+  gpus: number;
+  cpus: number;
+  memory: string;
+  time: string;
+  exclusive?: boolean;
+  cwd?: string;
+}
+
+/** Answer of `GET cells/{id}?since=N`. */
+export interface ICellJobState {
+  job_id: string;
+  state: string;
+  reason: string | null;
+  node: string | null;
+  outputs: nbformat.IOutput[];
+  next: number;
+  done: boolean;
+  status: 'ok' | 'error' | null;
+}
+
+export interface IService {
+  job_id: string;
+  name: string;
+  state: string;
+  node: string | null;
+  url: string | null;
+}
+
+/** Body of `POST services`. */
+export interface IServiceRequest {
+  image: string;
+  command: string[];
+  name: string;
+  partition?: string;
+  gpus?: number;
+  cpus?: number;
+  memory?: string;
+  time?: string;
+}
+
+/** User settings (`schema/plugin.json`). */
+export interface IHPCSettings {
+  defaultImage: string;
+  defaultPartition: string;
+  defaultGpus: number;
+  defaultCpus: number;
+  defaultMemory: string;
+  defaultTime: string;
+  refreshInterval: number;
+}
+
+export const DEFAULT_SETTINGS: IHPCSettings = {
+  defaultImage: '',
+  defaultPartition: '',
+  defaultGpus: 0,
+  defaultCpus: 1,
+  defaultMemory: '2G',
+  defaultTime: '00:30:00',
+  refreshInterval: 10
+};
+
+/** Slurm states after which a job no longer changes. */
+export const FINISHED_STATES = new Set([
+  'COMPLETED',
+  'FAILED',
+  'CANCELLED',
+  'TIMEOUT',
+  'OUT_OF_MEMORY',
+  'NODE_FAIL',
+  'PREEMPTED',
+  'BOOT_FAIL',
+  'DEADLINE',
+  'GONE'
+]);
+
+export function isFinished(state: string | null | undefined): boolean {
+  return !!state && FINISHED_STATES.has(state.toUpperCase().split(' ')[0]);
+}
