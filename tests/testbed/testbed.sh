@@ -85,7 +85,9 @@ cmd_up() {
     step "users" create_users
     step "slurm" slurm_up
     step "venv" create_venv
+    step "labextension" build_labextension
     step "checkout into venv" install_checkout
+    step "labextension link" build_labextension
     step "configurable-http-proxy" install_chp
     write_env_file
     step "registry" registry_up
@@ -100,7 +102,9 @@ cmd_install() {
     require_root
     install -d -m 0755 "$TB_LOG_DIR"
     step "venv" create_venv
+    step "labextension" build_labextension
     step "checkout into venv" install_checkout force
+    step "labextension link" build_labextension
     if [[ ${1:-} != --no-images ]] && apptainer_ok; then
         step "images" build_images
     fi

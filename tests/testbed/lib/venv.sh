@@ -51,6 +51,26 @@ install_checkout() {
     echo "$key" >"$mark"
 }
 
+# The prebuilt JupyterLab extension (jupyter_hpc/labextension), before any
+# wheel of the checkout is built: the wheel and so the notebook images ship it.
+# An editable install in the venv sees the build through a link, like
+# `jupyter labextension develop`.
+build_labextension() {
+    "$TB_VENV/bin/python" -c 'import jupyterlab' 2>/dev/null ||
+        venv_pip install -q "${TB_HUB_PINS[@]}" >>"$TB_LOG_DIR/pip.log" 2>&1 ||
+        { tail -20 "$TB_LOG_DIR/pip.log" >&2; return 1; }
+    JUPYTER_HPC_PYTHON=$TB_VENV/bin/python bash "$TB_REPO/labextension/build.sh" \
+        >>"$TB_LOG_DIR/labextension.log" 2>&1 || { tail -30 "$TB_LOG_DIR/labextension.log" >&2; return 1; }
+    local dest=$TB_VENV/share/jupyter/labextensions/jupyter-hpc
+    if [[ -f $TB_VENV/.jupyter-hpc-install ]] && runuser -u nobody -- test -r "$TB_REPO/setup.cfg"; then
+        if [[ $(readlink "$dest" 2>/dev/null) != "$TB_REPO/jupyter_hpc/labextension" ]]; then
+            rm -rf "$dest"
+            install -d -m 0755 "$(dirname "$dest")"
+            ln -s "$TB_REPO/jupyter_hpc/labextension" "$dest"
+        fi
+    fi
+}
+
 install_chp() {
     [[ -x $TB_CHP ]] && "$TB_CHP" --version >/dev/null 2>&1 && return 0
     command -v npm >/dev/null || { echo "npm not found" >&2; return 1; }
