@@ -90,8 +90,8 @@ class HPCExtension(ExtensionApp):
     proxy_max_body_mb = Float(
         1024.0,
         help=(
-            "Largest response (MB) the proxy forwards. Responses are held in the server's memory "
-            "while they are forwarded (jupyter-server-proxy buffers them)."
+            "Largest response (MB) the proxy forwards. GET responses stream through; responses "
+            "to other methods are held in the server's memory while they are forwarded."
         ),
     ).tag(config=True)
 

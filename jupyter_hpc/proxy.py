@@ -20,22 +20,36 @@ the request: the URL only names a job id.
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Dict, Optional, Tuple
+from typing import Any, Awaitable, Dict, List, Optional, Tuple
 
 from jupyter_server.utils import url_path_join
 from jupyter_server_proxy.handlers import ProxyHandler
-from tornado import httpclient, web
+from tornado import httpclient, httputil, web
 
 from . import validate
 from .validate import ValidationError
 
 AUTH_RESOURCE = "jupyter_hpc"
 _CACHE_KEY = "jupyter_hpc_proxy_targets"
+#: Response headers of streamed downloads not passed on (tornado frames the response
+#: itself; the body is forwarded byte for byte, so Content-Length stays true).
+_NOT_FORWARDED = ("Transfer-Encoding", "Connection", "Keep-Alive")
+_FLUSH_BYTES = 1024 * 1024
 
 
 def _cache(settings) -> Dict[str, Tuple[float, Tuple[str, int]]]:
     return settings.setdefault(_CACHE_KEY, {})
+
+
+class ProxyRefused(web.HTTPError):
+    """A request the proxy does not forward; answered as ``{"message", "field"}`` like the REST API."""
+
+    def __init__(self, status: int, message: str, field: Optional[str] = "job_id"):
+        super().__init__(status, message.replace("%", "%%"))
+        self.message = message
+        self.field = field
 
 
 def forget_target(settings, job_id: str) -> None:
@@ -61,23 +75,30 @@ class ServiceProxyHandler(ProxyHandler):
         await super().prepare(*args, **kwargs)
         user = self.current_user
         if not user:
-            raise web.HTTPError(403)
+            raise ProxyRefused(403, "authentication required", None)
         method = self.request.method.upper()
         action = "read" if method in ("GET", "HEAD", "OPTIONS") and not self._is_upgrade() else "write"
         if not self.authorizer.is_authorized(self, user, action, AUTH_RESOURCE):
-            raise web.HTTPError(403, "not authorized to use the jupyter-hpc proxy")
+            raise ProxyRefused(403, "not authorized to use the jupyter-hpc proxy", None)
         job_id = self.path_kwargs.get("job_id") or (self.path_args[0] if self.path_args else "")
         try:
             job_id = validate.job_id(job_id)
         except ValidationError:
-            raise web.HTTPError(404, "not a job id") from None
+            raise ProxyRefused(404, "the proxy URL must name a Slurm job id: jupyter-hpc/proxy/<job id>/") from None
         target = await self._lookup(job_id)
         if target is None:
-            raise web.HTTPError(404, f"job {job_id} is not a running service of this user")
+            raise ProxyRefused(404, f"job {job_id} is not a running service of this user")
         self._job_id = job_id
         self._target = target
         # Host allow-list of the base class: exactly the checked target host.
         self.host_allowlist = [target[0]]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if not isinstance(exc, ProxyRefused):
+            return super().write_error(status_code, **kwargs)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": exc.message, "field": exc.field}))
 
     def _is_upgrade(self) -> bool:
         return self.request.headers.get("Upgrade", "").lower() == "websocket"
@@ -92,7 +113,7 @@ class ServiceProxyHandler(ProxyHandler):
             target = await self.ext.services.target(job_id)
         except Exception as e:  # noqa: BLE001 - any failure to verify the job means "no access"
             self.log.warning("jupyter-hpc proxy: cannot check job %s: %s", job_id, e)
-            raise web.HTTPError(503, "cannot check the job with Slurm right now") from None
+            raise ProxyRefused(503, "cannot check the job with Slurm right now; try again later") from None
         if target is None:
             cache.pop(job_id, None)
             return None
@@ -121,15 +142,87 @@ class ServiceProxyHandler(ProxyHandler):
                 headers["Cookie"] = "; ".join(kept)
         return headers
 
-    async def _proxy_buffered(self, host, port, proxied_path, body, client):
-        # jupyter-server-proxy buffers the response; tornado's default client limit (100 MB)
-        # would make larger downloads fail, so use a client with the configured limit.
+    def _client(self) -> httpclient.AsyncHTTPClient:
+        # tornado's default client limit (100 MB) would make larger downloads fail.
         limit = int(self.ext.proxy_max_body_mb * 1024 * 1024)
-        client = httpclient.AsyncHTTPClient(force_instance=True, max_body_size=limit, max_buffer_size=limit)
+        return httpclient.AsyncHTTPClient(force_instance=True, max_body_size=limit, max_buffer_size=limit)
+
+    async def _proxy_buffered(self, host, port, proxied_path, body, client):
+        client.close()
+        client = self._client()
         try:
+            if self.request.method == "GET":
+                return await self._proxy_streamed(host, port, proxied_path, client)
+            # Other methods: jupyter-server-proxy's buffered path (response rewriting included).
             return await super()._proxy_buffered(host, port, proxied_path, body, client)
         finally:
             client.close()
+
+    async def _proxy_streamed(self, host, port, proxied_path, client) -> None:
+        """GET with the response body forwarded chunk by chunk as it arrives.
+
+        Large downloads (data, model files) then neither wait for the whole body
+        nor sit in this server's memory; status and headers are handled as in
+        jupyter-server-proxy's buffered path (hop-by-hop headers dropped,
+        redirects rewritten to stay under the proxy prefix).
+        """
+        raw_headers: List[str] = []
+        started = False
+
+        def start(code: int, reason: Optional[str], headers: httputil.HTTPHeaders) -> None:
+            nonlocal started
+            started = True
+            self.set_status(code, reason)
+            self._headers = httputil.HTTPHeaders()
+            for name, value in headers.get_all():
+                if name in _NOT_FORWARDED:
+                    continue
+                if name == "Location" and code in (301, 302, 303, 307, 308):
+                    value = self._rewrite_location_header(value, host, port, proxied_path)
+                self.add_header(name, value)
+
+        def start_from_raw() -> None:
+            # header_callback sees one block per response (1xx blocks first): use the last one
+            block: List[str] = []
+            for line in raw_headers:
+                if line.startswith("HTTP/"):
+                    block = [line]
+                elif block:
+                    block.append(line)
+            first = httputil.parse_response_start_line(block[0].strip())
+            start(first.code, first.reason, httputil.HTTPHeaders.parse("".join(block[1:])))
+
+        pending = 0
+
+        def on_chunk(chunk: bytes) -> Optional[Awaitable[None]]:
+            # Written out in blocks of _FLUSH_BYTES; returning the flush makes the
+            # client wait for a slow reader (memory stays bounded).
+            nonlocal pending
+            if not started:
+                start_from_raw()
+            self.write(chunk)
+            pending += len(chunk)
+            if pending < _FLUSH_BYTES:
+                return None
+            pending = 0
+            return self.flush()
+
+        req = self._build_proxy_request(
+            host, port, proxied_path, None, streaming_callback=on_chunk, header_callback=raw_headers.append
+        )
+        try:
+            response = await client.fetch(req, raise_error=False)
+        except httpclient.HTTPError as err:
+            self._record_activity()
+            raise web.HTTPError(599 if err.code == 599 else 502, str(err)) from None
+        self._record_activity()
+        if response.error and type(response.error) is not httpclient.HTTPError:
+            if started:  # the body was cut off after it began: end the response here
+                self.log.warning("jupyter-hpc proxy: download from job %s broke off: %s", self._job_id, response.error)
+                return
+            raise web.HTTPError(502, f"the service did not answer: {response.error}")
+        if not started:
+            start(response.code, response.reason, response.headers)
 
     # --- methods: the target always comes from prepare() ---
 

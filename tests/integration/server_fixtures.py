@@ -231,6 +231,11 @@ class Big(web.RequestHandler):
             await self.flush()
 
 
+class Moved(web.RequestHandler):
+    def get(self):
+        self.redirect("/some/target?from=moved")
+
+
 class Echo(websocket.WebSocketHandler):
     def check_origin(self, origin):
         return True
@@ -239,7 +244,7 @@ class Echo(websocket.WebSocketHandler):
         self.write_message("echo:" + message)
 
 
-app = web.Application([(r"/ws", Echo), (r"/big", Big), (r"(/.*)", Info)])
+app = web.Application([(r"/ws", Echo), (r"/big", Big), (r"/moved", Moved), (r"(/.*)", Info)])
 app.listen(port, address="0.0.0.0")
 print("listening on", port, flush=True)
 ioloop.IOLoop.current().start()

@@ -80,6 +80,22 @@ def test_service_reachable_for_owner(alice, service):
     assert r.json()["kind"] == "service"
 
 
+def test_downloads_stream_and_redirects_stay_under_the_proxy(alice, service):
+    job_id = service["job_id"]
+    url = alice.url(f"jupyter-hpc/proxy/{job_id}/big")
+    with requests.get(url, params={"mb": "3"}, headers=alice.headers(), stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        # streamed through byte for byte: the service's Content-Length is kept
+        assert r.headers["Content-Length"] == str(3 * 1024 * 1024)
+        body = b"".join(r.iter_content(256 * 1024))
+    assert len(body) == 3 * 1024 * 1024 and body.count(b"x") == len(body)
+
+    r = requests.get(alice.url(f"jupyter-hpc/proxy/{job_id}/moved"), headers=alice.headers(),
+                     allow_redirects=False, timeout=30)
+    assert r.status_code == 302
+    assert r.headers["Location"] == f"/jupyter-hpc/proxy/{job_id}/some/target?from=moved"
+
+
 def test_service_refused_for_others(alice, bob, service):
     job_id = service["job_id"]
     path = f"jupyter-hpc/proxy/{job_id}/some/page"
