@@ -28,9 +28,11 @@ gets a private copy under ``cache_dir/users/<username>/``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import pwd
@@ -38,9 +40,9 @@ import re
 import stat
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from traitlets import Bool, Dict as TDict, Float, List as TList, Unicode
+from traitlets import Bool, Dict as TDict, Float, List as TList, TraitError, Unicode, default
 from traitlets.config import Configurable
 
 from . import apptainer as _apptainer
@@ -120,6 +122,28 @@ def ref_filename(ref: str) -> str:
     return f"{base}-{hashlib.sha256(ref.encode()).hexdigest()[:16]}.sif"
 
 
+#: Environment variable with the hub's catalog settings (JSON object), set for spawned servers.
+CATALOG_ENV = "JUPYTER_HPC_CATALOG"
+CATALOG_ENV_KEYS = ("site_dirs", "user_dirs", "remote_images", "cache_dir", "insecure_registries",
+                    "allowed_registries", "allow_any_pull", "trusted_cache_owners")
+
+
+def catalog_from_env() -> Dict[str, Any]:
+    """``$JUPYTER_HPC_CATALOG`` as a dict (``{}`` when unset or not a JSON object)."""
+    raw = os.environ.get(CATALOG_ENV, "")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        log.warning("ignoring $%s: not JSON (%s)", CATALOG_ENV, e)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("ignoring $%s: not a JSON object", CATALOG_ENV)
+        return {}
+    return {k: v for k, v in data.items() if k in CATALOG_ENV_KEYS}
+
+
 class ImageCatalog(Configurable):
     """Lists, resolves and pulls the images a user may run."""
 
@@ -181,6 +205,56 @@ class ImageCatalog(Configurable):
         default_value=[".sif", ".simg"],
         help="File name endings of single-file images.",
     ).tag(config=True)
+
+    # Settings a hub hands to the servers it spawns (JUPYTER_HPC_CATALOG, JSON): they are the
+    # defaults here, so a spawned server's catalog shows the same images as the hub's form.
+    # Configuration set explicitly in the server still wins.
+
+    def _hub_default(self, name: str) -> Any:
+        trait = self.traits()[name]
+        values = catalog_from_env()
+        if name in values:
+            try:
+                return trait.validate(self, values[name])
+            except TraitError as e:
+                log.warning("ignoring %s from $%s: %s", name, CATALOG_ENV, e)
+        return copy.deepcopy(trait.default())
+
+    @default("site_dirs")
+    def _default_site_dirs(self):
+        return self._hub_default("site_dirs")
+
+    @default("user_dirs")
+    def _default_user_dirs(self):
+        return self._hub_default("user_dirs")
+
+    @default("remote_images")
+    def _default_remote_images(self):
+        return self._hub_default("remote_images")
+
+    @default("cache_dir")
+    def _default_cache_dir(self):
+        return self._hub_default("cache_dir")
+
+    @default("insecure_registries")
+    def _default_insecure_registries(self):
+        return self._hub_default("insecure_registries")
+
+    @default("allowed_registries")
+    def _default_allowed_registries(self):
+        return self._hub_default("allowed_registries")
+
+    @default("allow_any_pull")
+    def _default_allow_any_pull(self):
+        return self._hub_default("allow_any_pull")
+
+    @default("trusted_cache_owners")
+    def _default_trusted_cache_owners(self):
+        return self._hub_default("trusted_cache_owners")
+
+    def hub_settings(self) -> Dict[str, Any]:
+        """The settings a hub passes to spawned servers in ``$JUPYTER_HPC_CATALOG``."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in CATALOG_ENV_KEYS}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -716,6 +790,42 @@ class ImageCatalog(Configurable):
             raise PullError(ref, f"cannot store the image in the cache: {e}") from None
 
 
+def check_local_image(path: Any, sif_extensions: Sequence[str] = (".sif", ".simg")) -> str:
+    """An image named by an absolute path outside the catalog (kernelspecs, ``jupyter hpc``).
+
+    The path must be absolute and must not contain ``.`` or ``..`` components. When it
+    exists on this machine it must be an image this process may read: a SIF file (by its
+    name ending, see ``sif_extensions``) or a sandbox directory with ``.singularity.d``,
+    symlinks followed. A path that does not exist here is returned unchanged: it may name
+    an image only the compute nodes see (Apptainer then reports it in the job's output).
+    Raises :class:`ImageNotFound` / :class:`ImageAccessDenied` (field ``image``).
+    """
+    path = _apptainer.check_path(path, "image")
+    if any(part in (".", "..") for part in path.split("/")):
+        raise ImageAccessDenied(f"{path[:200]!r}: '.' and '..' are not allowed in image paths")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return path
+    except PermissionError:
+        raise ImageAccessDenied(f"{path[:200]!r} cannot be read by you") from None
+    except OSError as e:
+        raise ImageNotFound(f"{path[:200]!r}: {e.strerror}") from None
+    real = os.path.realpath(path)
+    if stat.S_ISDIR(st.st_mode):
+        if not os.path.isdir(os.path.join(real, ".singularity.d")):
+            raise ImageNotFound(f"{path[:200]!r} is a directory but not an Apptainer sandbox (no .singularity.d)")
+        mode = os.R_OK | os.X_OK
+    elif stat.S_ISREG(st.st_mode) and any(os.path.basename(real).endswith(ext) for ext in sif_extensions):
+        mode = os.R_OK
+    else:
+        raise ImageNotFound(f"{path[:200]!r} is not an image (a {'/'.join(sif_extensions)} file or a sandbox "
+                            "directory)")
+    if not os.access(real, mode):
+        raise ImageAccessDenied(f"{path[:200]!r} cannot be read by you")
+    return path
+
+
 async def _report(progress: Optional[Progress], fraction: Optional[float], message: str) -> None:
     if progress is None:
         return
@@ -792,6 +902,7 @@ async def _acquire(path: str, timeout: float) -> int:
 
 __all__ = [
     "ImageCatalog",
+    "check_local_image",
     "Image",
     "ImageError",
     "ImageNotFound",

@@ -23,6 +23,7 @@ check ``isinstance(spawner, BatchSpawnerBase)`` keep working):
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import time
@@ -33,7 +34,8 @@ from batchspawner import SlurmSpawner
 from tornado import web
 from traitlets import Bool, Dict as DictTrait, Float, Integer, List as ListTrait, Unicode, default, validate as validate_trait
 
-from jupyter_hpc import jobscript, process, slurm, validate
+from jupyter_hpc import hosttools, jobscript, process, slurm, validate
+from jupyter_hpc.images import CATALOG_ENV
 from jupyter_hpc.validate import ValidationError
 
 from . import options as opts_mod
@@ -117,6 +119,22 @@ class ApptainerSlurmSpawner(SlurmSpawner):
         "The user's home directory is available inside the container by Apptainer's default home mount.",
     ).tag(config=True)
 
+    host_tools = Bool(
+        True,
+        help="Bind the host's Slurm client (commands, libraries, configuration, munge socket, /etc/passwd "
+        "and /etc/group) and Apptainer read-only into the server's container, and the image catalog's "
+        "directories at their own paths, so that jupyter-hpc inside the server (sidebar, cell jobs, services, "
+        "kernels) reaches Slurm and the same images as on the host. The image must be built for the same "
+        "C library generation as the nodes. Off: the image brings its own Slurm client, or none.",
+    ).tag(config=True)
+
+    host_tool_paths = ListTrait(
+        Unicode(),
+        default_value=[],
+        help="Host paths bound read-only (same path inside) when host_tools is on. Empty: detected on the "
+        "hub host (see jupyter_hpc.hosttools.detect_paths), which must share the nodes' installation.",
+    ).tag(config=True)
+
     job_env_names = ListTrait(
         Unicode(),
         default_value=[
@@ -161,6 +179,13 @@ class ApptainerSlurmSpawner(SlurmSpawner):
     ).tag(config=True)
 
     job_name = Unicode("jupyterhub", help="Slurm job name of the servers.").tag(config=True)
+
+    share_url = Unicode(
+        "",
+        help="URL at which the users' servers reach JupyterHub's jupyter-hpc-share service, ending in its "
+        "prefix (e.g. 'http://login01:10101/services/jupyter-hpc-share/'); passed to the server as "
+        "JUPYTER_HPC_SHARE_URL so that users can share their service jobs (docs/sharing.md). Empty: not set.",
+    ).tag(config=True)
 
     output_dir = Unicode(
         "{home}/.jupyter-hpc/servers",
@@ -404,6 +429,15 @@ class ApptainerSlurmSpawner(SlurmSpawner):
     # ------------------------------------------------------------------
     # submission
     # ------------------------------------------------------------------
+    def get_env(self):
+        env = super().get_env()
+        if self.host_tools:
+            # the server's jupyter-hpc shows the same catalog as this hub's spawn form
+            env[CATALOG_ENV] = json.dumps(self.catalog.hub_settings(), sort_keys=True)
+        if self.share_url:
+            env["JUPYTER_HPC_SHARE_URL"] = self.share_url
+        return env
+
     def _container_env(self) -> Dict[str, str]:
         """Hub-provided variables for the server (token included): job environment only, never argv."""
         env = {}
@@ -418,8 +452,22 @@ class ApptainerSlurmSpawner(SlurmSpawner):
             env[key] = str(value)
         return env
 
+    def _host_tool_binds(self) -> List[Tuple[str, ...]]:
+        """Slurm client, Apptainer and the catalog's directories, for jupyter-hpc inside the container."""
+        if not self.host_tools:
+            return []
+        paths = list(self.host_tool_paths) or hosttools.detect_paths()
+        out: List[Tuple[str, ...]] = [(p, p, "ro") for p in paths]
+        cat = self.catalog
+        for d in cat.site_dirs:
+            if os.path.isdir(d):
+                out.append((d, d, "ro"))
+        if cat.cache_dir and os.path.isdir(cat.cache_dir):
+            out.append((cat.cache_dir, cat.cache_dir, "rw"))
+        return out
+
     def _binds(self, home: str) -> List[Tuple[str, ...]]:
-        out = []
+        out = self._host_tool_binds()
         for spec in self.binds:
             spec = spec.replace("{username}", self.username).replace("{home}", home)
             parts = spec.split(":")

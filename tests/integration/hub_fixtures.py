@@ -87,6 +87,9 @@ c.ApptainerSlurmSpawner.default_time = "01:00:00"
 c.ApptainerSlurmSpawner.watcher_interval = 2.0
 c.ImageCatalog.site_dirs = ["{image_dir}"]
 c.ImageCatalog.user_dirs = ["{{home}}/images"]
+# The testbed's Apptainer on Debian 12 loads a small glibc shim from here (tests/testbed/elfcompat.py):
+# bound too, so that Apptainer also runs inside the server's container.
+c.ApptainerSlurmSpawner.binds = [p + ":" + p + ":ro" for p in ["/usr/local/lib/jupyter-hpc"] if os.path.isdir(p)]
 '''
 
 

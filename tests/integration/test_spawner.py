@@ -177,6 +177,42 @@ def test_alice_and_bob_spawn_concurrently_into_different_images(hub):
     assert secret and secret[0].split(b"=", 1)[1].decode() not in script
 
 
+def test_spawned_server_reaches_slurm_and_the_catalog_from_inside_its_container(hub):
+    """The sidebar's API in a hub-spawned server: site images, partitions, and a cell job submitted from inside."""
+    def api(method, path, **kw):
+        kw.setdefault("timeout", 60)
+        return hub.session.request(method, f"{hub.url}/user/alice/jupyter-hpc/api/{path}", **kw)
+
+    r = api("GET", "images")
+    assert r.status_code == 200, r.text
+    ids = {img["id"] for img in r.json()["images"]}
+    assert {"site:notebook.sif", "site:notebook-sandbox", "user:alice-private.sif"} <= ids, r.text[:3000]
+    r = api("GET", "partitions")
+    assert r.status_code == 200, r.text
+    assert {p["name"] for p in r.json()["partitions"]} >= {"cpu", "gpu"}
+
+    r = api("POST", "cells", json={"code": "import os\nprint('cell in', os.environ.get('APPTAINER_CONTAINER'))\n6 * 7",
+                                   "image": "site:notebook.sif", "time": "00:05:00", "memory": "512M", "cpus": 1})
+    assert r.status_code == 201, r.text
+    cell_job = r.json()["job_id"]
+    deadline = time.monotonic() + 120
+    outputs, since, state = [], 0, {}
+    while time.monotonic() < deadline:
+        state = api("GET", f"cells/{cell_job}?since={since}").json()
+        outputs += state["outputs"]
+        since = state["next"]
+        if state["done"]:
+            break
+        time.sleep(0.5)
+    assert state.get("status") == "ok", state
+    text = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
+    assert f"cell in {ENV['NOTEBOOK_SIF']}" in text
+    assert any(o["output_type"] == "execute_result" and o["data"]["text/plain"] == "42" for o in outputs)
+    # the cell job is the user's own Slurm job, listed by the server's job API
+    r = api("GET", "jobs")
+    assert r.status_code == 200 and cell_job in {j["id"] for j in r.json()["jobs"]}, r.text
+
+
 def _server_pid(job_id):
     """PID of a process of the job that carries the hub's environment (the job's batch shell's child)."""
     out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, timeout=30).stdout

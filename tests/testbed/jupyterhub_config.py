@@ -5,6 +5,7 @@
 # Log in as alice, bob or carol (or admin) with the password printed by
 # `demo.sh start` (file /etc/jupyter-hpc/demo-password).
 import os
+import re
 import shlex
 
 c = get_config()  # noqa: F821
@@ -41,7 +42,8 @@ c.ConfigurableHTTPProxy.pid_file = f"{state_dir}/proxy.pid"
 c.JupyterHub.authenticator_class = "dummy"
 with open(os.environ.get("JUPYTER_HPC_DEMO_PASSWORD_FILE", "/etc/jupyter-hpc/demo-password")) as f:
     c.DummyAuthenticator.password = f.read().strip()
-c.Authenticator.allowed_users = set(env.get("TEST_USERS", "alice bob carol").split())
+# TEST_USERS is a comma-separated list in testbed.env
+c.Authenticator.allowed_users = {u for u in re.split(r"[,\s]+", env.get("TEST_USERS", "alice,bob,carol")) if u}
 c.Authenticator.admin_users = {"admin"}
 
 # --- spawner ------------------------------------------------------------------
@@ -56,6 +58,10 @@ c.ImageCatalog.user_dirs = [env.get("USER_IMAGE_DIR_TEMPLATE", "{home}/images")]
 
 cpu = env.get("CPU_PARTITION", "cpu")
 gpu = env.get("GPU_PARTITION", "gpu")
+# Servers reach Slurm and the image catalog from inside their container through the host's
+# installation (ApptainerSlurmSpawner.host_tools, on by default). On Debian 12 the testbed's
+# Apptainer also loads a small glibc shim from /usr/local/lib/jupyter-hpc: bind it as well.
+c.ApptainerSlurmSpawner.binds = [p + ":" + p + ":ro" for p in ["/usr/local/lib/jupyter-hpc"] if os.path.isdir(p)]
 c.ApptainerSlurmSpawner.default_memory = "2G"
 c.ApptainerSlurmSpawner.default_time = "02:00:00"
 c.ApptainerSlurmSpawner.profiles = [
