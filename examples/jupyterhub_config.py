@@ -78,3 +78,33 @@ c.ApptainerSlurmSpawner.watcher_interval = 5.0
 # Slurm command paths and timeouts, shared with the rest of jupyter-hpc:
 # c.SlurmClient.sbatch = "/usr/bin/sbatch"
 # c.SlurmClient.sbatch_extra_args = ["--qos=interactive"]
+
+# --- sharing services (docs/sharing.md) ---------------------------------------------
+# Users share the web UI of a running service job with other hub users and groups;
+# they open it at /services/jupyter-hpc-share/<owner>/<job_id>/ with their own login.
+import sys  # noqa: E402
+
+c.JupyterHub.services = [
+    {
+        "name": "jupyter-hpc-share",
+        "url": "http://login01.cluster.example.org:10101",
+        "command": [sys.executable, "-m", "jupyter_hpc.share",
+                    "--ShareService.state_file=/var/lib/jupyterhub-share/shares.json"],
+        "user": "jupyterhub-share",  # unprivileged; needs squeue (SlurmUser/operator with PrivateData=jobs)
+        "cwd": "/",
+        "oauth_no_confirm": True,
+    },
+]
+c.JupyterHub.load_roles = [
+    # the users' servers register shares with their own hub token
+    {"name": "server", "scopes": ["users:activity!user", "access:servers!server",
+                                  "access:services!service=jupyter-hpc-share"]},
+    # the share service checks user/group names and reads group members
+    {"name": "jupyter-hpc-share", "scopes": ["read:users:name", "read:groups"],
+     "services": ["jupyter-hpc-share"]},
+]
+# who may share and open shares (everyone here; a role for a group restricts it)
+c.JupyterHub.extra_user_scopes = {"access:services!service=jupyter-hpc-share"}
+c.ApptainerSlurmSpawner.share_url = "http://login01.cluster.example.org:10101/services/jupyter-hpc-share/"
+# Shared web UIs are served from the hub's origin; give them their own (recommended):
+# c.JupyterHub.subdomain_host = "https://jupyter.example.org"

@@ -136,6 +136,12 @@ class SlurmClient(Configurable):
     scancel_cmd = Unicode("scancel", help="scancel command (name on PATH or absolute path).").tag(config=True)
     sstat_cmd = Unicode("sstat", help="sstat command (name on PATH or absolute path).").tag(config=True)
     scontrol_cmd = Unicode("scontrol", help="scontrol command (name on PATH or absolute path).").tag(config=True)
+    srun_cmd = Unicode(
+        "srun",
+        help="srun command (name on PATH or absolute path); runs short probes such as nvidia-smi inside a "
+        "running job's allocation (srun --jobid=N --overlap).",
+    ).tag(config=True)
+    probe_timeout = Float(20.0, help="Seconds to wait for a probe run inside a job (srun --overlap).").tag(config=True)
 
     submit_timeout = Float(60.0, help="Seconds to wait for sbatch before giving up (the job may still be created).").tag(config=True)
     query_timeout = Float(30.0, help="Seconds to wait for squeue/sinfo/sacct/sstat/scancel.").tag(config=True)
@@ -368,6 +374,21 @@ class SlurmClient(Configurable):
                 raise classify(CommandError(result.argv, result.returncode, result.stderr, result.stdout))
             return None
         return slurm.parse_sstat(result.stdout, validate.job_id(job_id))
+
+    async def job_usage(self, job_id: Any, user: Optional[str] = None) -> Dict[str, Optional[float]]:
+        """Peak memory and CPU time of a (finished) job from accounting: ``{"peak_mb", "cpu_seconds"}``.
+
+        Raises :class:`AccountingUnavailable` when Slurm keeps no accounting (no slurmdbd).
+        """
+        argv = slurm.sacct_usage_argv(job_id, sacct=self.sacct_cmd)
+        result = await self._run(argv, timeout=self.query_timeout, user=user)
+        return slurm.parse_sacct_usage(result.stdout)
+
+    async def run_in_job(self, job_id: Any, argv: List[str], node: Optional[str] = None,
+                         user: Optional[str] = None):
+        """Run ``argv`` as an overlapping step of a running job; the :class:`CommandResult` (not checked)."""
+        full = slurm.srun_in_job_argv(job_id, argv, srun=self.srun_cmd, node=node, timeout_s=int(self.probe_timeout))
+        return await self._run(full, timeout=self.probe_timeout, user=user, check=False)
 
     async def set_comment(self, job_id: Any, comment: str, user: Optional[str] = None) -> None:
         """``scontrol update JobId=N Comment=...`` (as ``user``)."""

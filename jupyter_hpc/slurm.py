@@ -1030,7 +1030,11 @@ def normalize_node_state(state: str) -> str:
 # sstat (live job vitals)
 # ---------------------------------------------------------------------------
 
-SSTAT_FIELDS = ["JobID", "AveCPU", "MaxRSS", "AveRSS", "NTasks", "MaxVMSize"]
+SSTAT_FIELDS = ["JobID", "AveCPU", "MaxRSS", "AveRSS", "NTasks", "MaxVMSize", "TRESUsageInTot", "TRESUsageInMax"]
+
+#: Largest believable CPU time: without job accounting gathering sstat prints garbage
+#: such as ``213503982334-14:25:51``.
+_MAX_CPU_SECONDS = 10 * 366 * 86400
 
 
 def sstat_argv(job_id: Any, sstat: str = "sstat") -> List[str]:
@@ -1045,8 +1049,36 @@ def sstat_argv(job_id: Any, sstat: str = "sstat") -> List[str]:
     ]
 
 
+def parse_tres(text: Optional[str]) -> Dict[str, str]:
+    """``cpu=00:01:02,mem=1016K,vmem=4376K,gres/gpumem=2G`` -> ``{"cpu": "00:01:02", "mem": "1016K", ...}``."""
+    text = _clean(text)
+    result: Dict[str, str] = {}
+    if not text:
+        return result
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if sep and key and value.strip():
+            result[key] = value.strip()
+    return result
+
+
+def tres_memory_mb(tres: Mapping[str, str], key: str = "mem") -> Optional[float]:
+    """A TRES memory value (``1016K``, ``2G``, ``12345`` bytes) in megabytes."""
+    return parse_size_mb(tres.get(key), default_unit="")
+
+
 @dataclass
 class JobStats:
+    """What sstat reports about a running job, summed or maximised over its steps.
+
+    ``cpu_seconds``: the largest AveCPU of a step (kept for compatibility);
+    ``total_cpu_seconds``: CPU time of all tasks of all steps (TRESUsageInTot ``cpu``);
+    ``rss_mb``: memory in use now, summed over steps (TRESUsageInTot ``mem``);
+    ``max_rss_mb``: the largest task peak (MaxRSS); ``gpu_util``/``gpu_mem_mb``: Slurm's
+    own GPU accounting (``gres/gpuutil``, ``gres/gpumem``, only with NVML-enabled Slurm).
+    """
+
     job_id: str
     cpu_seconds: Optional[float] = None  # AveCPU of the biggest step
     max_rss_mb: Optional[float] = None
@@ -1054,24 +1086,34 @@ class JobStats:
     max_vmsize_mb: Optional[float] = None
     tasks: Optional[int] = None
     steps: List[str] = field(default_factory=list)
+    total_cpu_seconds: Optional[float] = None
+    rss_mb: Optional[float] = None
+    gpu_util: Optional[float] = None
+    gpu_mem_mb: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _add(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if b is None:
+        return a
+    return (a or 0) + b
 
 
 def parse_sstat(text: str, job_id: str = "") -> Optional[JobStats]:
     """Aggregate sstat step lines; ``None`` when sstat reported nothing (e.g. gathering disabled)."""
     stats: Optional[JobStats] = None
     for rec in _records(text, len(SSTAT_FIELDS), delim="|", terminated=False):
-        if len(rec) < len(SSTAT_FIELDS):
+        if len(rec) < 6:
             continue
-        step, avecpu, maxrss, aversa, ntasks, maxvm = rec[: len(SSTAT_FIELDS)]
+        step, avecpu, maxrss, aversa, ntasks, maxvm = rec[:6]
+        tot = parse_tres(rec[6]) if len(rec) > 6 else {}
         if stats is None:
             stats = JobStats(job_id=job_id or step.split(".")[0])
         stats.steps.append(step)
         cpu = parse_duration(avecpu)
-        # without job accounting gathering sstat prints garbage such as 213503982334-14:25:51
-        if cpu is not None and cpu < 10 * 366 * 86400:
+        if cpu is not None and cpu < _MAX_CPU_SECONDS:
             stats.cpu_seconds = max(stats.cpu_seconds or 0, cpu)
         for attr, raw in (("max_rss_mb", maxrss), ("ave_rss_mb", aversa), ("max_vmsize_mb", maxvm)):
             v = parse_size_mb(raw, default_unit="")
@@ -1080,7 +1122,66 @@ def parse_sstat(text: str, job_id: str = "") -> Optional[JobStats]:
         t = _int(ntasks)
         if t is not None:
             stats.tasks = (stats.tasks or 0) + t
+        total_cpu = parse_duration(tot.get("cpu"))
+        if total_cpu is not None and total_cpu < _MAX_CPU_SECONDS:
+            stats.total_cpu_seconds = _add(stats.total_cpu_seconds, total_cpu)
+        stats.rss_mb = _add(stats.rss_mb, tres_memory_mb(tot))
+        util = tot.get("gres/gpuutil")
+        if util is not None and re.fullmatch(r"[0-9]+(\.[0-9]+)?", util):
+            stats.gpu_util = max(stats.gpu_util or 0, float(util))
+        stats.gpu_mem_mb = _add(stats.gpu_mem_mb, tres_memory_mb(tot, "gres/gpumem"))
     return stats
+
+
+def sacct_usage_argv(job_id: Any, sacct: str = "sacct") -> List[str]:
+    """``sacct`` peak memory and CPU time of every step of a job (needs slurmdbd)."""
+    return [
+        sacct,
+        "--noheader",
+        "--parsable2",
+        "--format=JobID,MaxRSS,TotalCPU,State",
+        "--jobs=" + validate.job_id(job_id),
+    ]
+
+
+def parse_sacct_usage(text: str) -> Dict[str, Optional[float]]:
+    """``{"peak_mb", "cpu_seconds"}`` from :func:`sacct_usage_argv` output (max / sum over steps)."""
+    peak: Optional[float] = None
+    cpu: Optional[float] = None
+    for rec in _records(text, 4, delim="|", terminated=False):
+        if len(rec) < 3:
+            continue
+        rss = parse_size_mb(rec[1], default_unit="")
+        if rss is not None:
+            peak = max(peak or 0, rss)
+        if "." not in rec[0]:
+            # the job line carries the total CPU time of all steps
+            seconds = parse_duration(rec[2])
+            if seconds is not None and seconds < _MAX_CPU_SECONDS:
+                cpu = float(seconds)
+    return {"peak_mb": peak, "cpu_seconds": cpu}
+
+
+def srun_in_job_argv(job_id: Any, argv: Sequence[str], srun: str = "srun", node: Optional[str] = None,
+                     timeout_s: int = 20) -> List[str]:
+    """Run ``argv`` as an extra step inside a running job's allocation (sharing its CPUs, memory, GPUs)."""
+    out = [
+        srun,
+        "--jobid=" + validate.job_id(job_id),
+        "--overlap",
+        # only these variables of the caller reach the step (never its tokens)
+        "--export=PATH,HOME,USER,LANG",
+        "--nodes=1",
+        "--ntasks=1",
+        "--quiet",
+        "--job-name=jupyter-hpc-vitals",
+        f"--time={max(1, (int(timeout_s) + 59) // 60)}",
+    ]
+    if node:
+        if not _HOST.match(node):
+            raise ValidationError("node", f"{node[:60]!r} is not a node name")
+        out.append("--nodelist=" + node)
+    return out + list(argv)
 
 
 __all__ = [
@@ -1105,6 +1206,10 @@ __all__ = [
     "scontrol_comment_argv",
     "sstat_argv",
     "parse_sstat",
+    "parse_tres",
+    "sacct_usage_argv",
+    "parse_sacct_usage",
+    "srun_in_job_argv",
     "make_comment",
     "parse_comment",
     "parse_gres",

@@ -82,6 +82,17 @@ def username(value: Any) -> str:
     return value
 
 
+_HUB_GROUP = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,63}$")
+
+
+def hub_group(value: Any, field: str = "groups") -> str:
+    """A JupyterHub group name: ``[A-Za-z0-9_.@+-]``, <= 64 characters, not starting with '-', '.', '@' or '+'."""
+    value = _text(field, value, 64)
+    if not _HUB_GROUP.match(value):
+        raise ValidationError(field, f"{value!r} is not an accepted group name (letters, digits and _.@+- only)")
+    return value
+
+
 def job_id(value: Any) -> str:
     """A Slurm job id (``123`` or array element ``123_4``); ints are accepted."""
     if isinstance(value, bool):

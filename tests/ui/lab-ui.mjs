@@ -430,6 +430,83 @@ const scenarios = {
     } finally {
       await api('DELETE', `jupyter-hpc/api/services/${svc.job_id}`).catch(() => undefined);
     }
+  },
+
+  /**
+   * A running job shows live vitals charts in the Jobs section (memory grows);
+   * without JupyterHub the Share button of a service is disabled and says why.
+   */
+  async vitals(context) {
+    const code =
+      'import time\nkeep = []\nfor i in range(12):\n' +
+      '    b = bytearray(25 * 2**20)\n    b[::4096] = b"x" * len(b[::4096])\n' +
+      '    keep.append(b)\n    time.sleep(1)\ntime.sleep(120)\n';
+    const cell = await api('POST', 'jupyter-hpc/api/cells', {
+      code,
+      image: IMAGE,
+      memory: '1G',
+      time: '00:10:00'
+    });
+    const svc = await api('POST', 'jupyter-hpc/api/services', {
+      image: IMAGE,
+      name: `hpc-ui-share-${Date.now()}`,
+      command: ['python3', '-m', 'http.server', '{port}', '--bind', '0.0.0.0'],
+      memory: '512M',
+      time: '00:10:00'
+    });
+    log('vitals job', cell.job_id, 'service job', svc.job_id);
+    try {
+      const page = await openLab(context);
+      const panel = await openSidebar(page);
+      const vitals = panel.locator(`.jp-HPC-vitals[data-job-id="${cell.job_id}"]`);
+      await vitals.waitFor({ timeout: 90000 });
+      // The memory chart gets a line with at least two points, and the value grows.
+      const readMem = async () => {
+        const text = await vitals.locator('.jp-HPC-spark-mem .jp-HPC-spark-value').innerText();
+        const m = /([0-9.]+) (MiB|GiB)/.exec(text);
+        return m ? Number(m[1]) * (m[2] === 'GiB' ? 1024 : 1) : null;
+      };
+      await page.waitForFunction(
+        id => {
+          const p = document.querySelector(
+            `#jupyter-hpc-sidebar .jp-HPC-vitals[data-job-id="${id}"] .jp-HPC-spark-mem path.jp-HPC-spark-line`
+          );
+          return !!p && (p.getAttribute('d') || '').includes('L');
+        },
+        cell.job_id,
+        { timeout: 60000, polling: 500 }
+      );
+      const first = await readMem();
+      let last = first;
+      const deadline = Date.now() + 40000;
+      while ((last === null || first === null || last <= first + 50) && Date.now() < deadline) {
+        await page.waitForTimeout(1000);
+        last = await readMem();
+      }
+      log(`sidebar memory ${first} MiB -> ${last} MiB`);
+      if (first === null || last === null || last <= first + 50) {
+        throw new Error(`memory chart did not grow: ${first} -> ${last}: ${await vitals.innerText()}`);
+      }
+      const gpu = await vitals.locator('.jp-HPC-spark-gpu, .jp-HPC-gpu-na').count();
+      if (gpu !== 0) {
+        throw new Error('a CPU-only job shows GPU vitals');
+      }
+      await shot(page, '50-vitals-chart');
+      // Sharing: unavailable without JupyterHub, and the button says why.
+      const row = panel.locator(`.jp-HPC-service[data-job-id="${svc.job_id}"]`);
+      await row.waitFor({ timeout: 30000 });
+      const share = row.locator('.jp-HPC-share-button');
+      await share.waitFor({ timeout: 30000 });
+      const title = (await share.getAttribute('title')) || '';
+      if (!(await share.isDisabled()) || !/unavailable.*JupyterHub/i.test(title)) {
+        throw new Error(`Share button: disabled=${await share.isDisabled()} title=${title}`);
+      }
+      await shot(page, '51-share-unavailable');
+      await page.close();
+    } finally {
+      await api('DELETE', `jupyter-hpc/api/jobs/${cell.job_id}`).catch(() => undefined);
+      await api('DELETE', `jupyter-hpc/api/services/${svc.job_id}`).catch(() => undefined);
+    }
   }
 };
 

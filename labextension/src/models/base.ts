@@ -13,6 +13,16 @@ export interface IPollingModelOptions {
   serverSettings?: ServerConnection.ISettings;
   /** Start polling right away (default true). */
   autoStart?: boolean;
+  /**
+   * Whether the data is shown at all (e.g. the sidebar panel is visible). While
+   * it returns false - or the browser tab is hidden - the poll stands by.
+   */
+  isActive?: () => boolean;
+}
+
+/** Whether the browser tab is hidden (false outside a browser). */
+function documentHidden(): boolean {
+  return typeof document !== 'undefined' && document.hidden === true;
 }
 
 /**
@@ -30,7 +40,9 @@ export abstract class PollingModel implements IDisposable {
       factory: () => this._tick(),
       frequency: { interval: this._interval, backoff: true, max: 60 * 1000 },
       name: `jupyter-hpc:${this.constructor.name}`,
-      standby: 'when-hidden'
+      standby: options.isActive
+        ? () => documentHidden() || !options.isActive!()
+        : 'when-hidden'
     });
   }
 

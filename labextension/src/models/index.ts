@@ -3,3 +3,4 @@ export * from './images';
 export * from './jobs';
 export * from './services';
 export * from './celljob';
+export * from './vitals';

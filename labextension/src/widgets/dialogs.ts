@@ -1,6 +1,7 @@
 import { Dialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
+import { parseNames } from '../models/services';
 import { IImage, IPartition } from '../tokens';
 
 /** What the user chose in the "Run cell as HPC batch job" dialog. */
@@ -238,4 +239,38 @@ export class ServiceForm
   private _name: HTMLInputElement;
   private _command: HTMLInputElement;
   private _resources: RunCellForm;
+}
+
+/** What the user chose in the "Share service" dialog. */
+export interface IShareChoice {
+  users: string[];
+  groups: string[];
+}
+
+/** Body of the "Share service" dialog: hub user names and hub group names. */
+export class ShareForm extends Widget implements Dialog.IBodyWidget<IShareChoice> {
+  constructor(options: { users?: string[]; groups?: string[]; hint?: string }) {
+    super();
+    this.addClass('jp-HPC-form');
+    this.addClass('jp-HPC-share-form');
+    if (options.hint) {
+      const p = document.createElement('p');
+      p.className = 'jp-HPC-form-help';
+      p.textContent = options.hint;
+      this.node.appendChild(p);
+    }
+    this._users = textInput('users', (options.users ?? []).join(', '));
+    this._users.placeholder = 'e.g. bob, carol';
+    field(this.node, 'Users', this._users, 'JupyterHub user names, separated by commas');
+    this._groups = textInput('groups', (options.groups ?? []).join(', '));
+    this._groups.placeholder = 'e.g. my-lab';
+    field(this.node, 'Groups', this._groups, 'JupyterHub group names, separated by commas');
+  }
+
+  getValue(): IShareChoice {
+    return { users: parseNames(this._users.value), groups: parseNames(this._groups.value) };
+  }
+
+  private _users: HTMLInputElement;
+  private _groups: HTMLInputElement;
 }

@@ -2,20 +2,89 @@ import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { ServicesModel, sortServices } from '../models';
-import { IService, isFinished } from '../tokens';
+import { IService, IShareRecord, ISharing, isFinished } from '../tokens';
 import { ActionButton, ErrorLine, StateBadge } from './common';
 
 export interface IServicesActions {
   open(service: IService, where: 'tab' | 'browser'): void;
   stop(service: IService): void;
   start(): void;
+  /** Ask with whom to share the service (users and hub groups) and share it. */
+  share(service: IService, current?: IShareRecord): void;
+  /** Revoke the share of the service. */
+  revoke(service: IService): void;
+  /** Copy the address the people it is shared with open. */
+  copyShareLink(share: IShareRecord): void;
+}
+
+/** "bob, carol, group team" */
+export function describeShare(share: IShareRecord): string {
+  return [...share.users, ...share.groups.map(g => `group ${g}`)].join(', ');
+}
+
+function ShareLine(props: {
+  service: IService;
+  share: IShareRecord | undefined;
+  sharing: ISharing | null;
+  actions: IServicesActions;
+  ready: boolean;
+}): JSX.Element | null {
+  const { service, share, sharing, actions, ready } = props;
+  if (share) {
+    return (
+      <div className="jp-HPC-share">
+        <span className="jp-HPC-share-who" title={`Open for them at ${share.url}`}>
+          Shared with {describeShare(share)}
+        </span>
+        <ActionButton
+          label="Copy link"
+          title="Copy the address they open (with their own hub login)"
+          className="jp-HPC-share-copy-button"
+          onClick={() => actions.copyShareLink(share)}
+        />
+        <ActionButton
+          label="Change"
+          title="Change with whom this service is shared"
+          className="jp-HPC-share-button"
+          onClick={() => actions.share(service, share)}
+        />
+        <ActionButton
+          label="Revoke"
+          title="Stop sharing this service now"
+          className="jp-HPC-revoke-button jp-mod-warn"
+          onClick={() => actions.revoke(service)}
+        />
+      </div>
+    );
+  }
+  const available = !!sharing?.available;
+  const why = !sharing
+    ? 'Checking whether sharing is possible…'
+    : !available
+      ? `Sharing is unavailable: ${sharing.reason}`
+      : !ready
+        ? 'The service can be shared once it runs'
+        : 'Let other hub users or groups open this service with their own login';
+  return (
+    <div className="jp-HPC-item-actions">
+      <ActionButton
+        label="Share…"
+        title={why}
+        className="jp-HPC-share-button"
+        disabled={!available || !ready}
+        onClick={() => actions.share(service)}
+      />
+    </div>
+  );
 }
 
 function ServiceRow(props: {
   service: IService;
   actions: IServicesActions;
+  share?: IShareRecord;
+  sharing: ISharing | null;
 }): JSX.Element {
-  const { service, actions } = props;
+  const { service, actions, share, sharing } = props;
   const ready = !!service.url && service.state?.toUpperCase() === 'RUNNING';
   const finished = isFinished(service.state);
   return (
@@ -55,6 +124,15 @@ function ServiceRow(props: {
           onClick={() => actions.stop(service)}
         />
       </div>
+      )}
+      {finished ? null : (
+        <ShareLine
+          service={service}
+          share={share}
+          sharing={sharing}
+          actions={actions}
+          ready={ready}
+        />
       )}
     </li>
   );
@@ -98,10 +176,36 @@ export class ServicesSection extends ReactWidget {
                 {sortServices(model.services)
                   .filter(s => !isFinished(s.state))
                   .map(s => (
-                  <ServiceRow key={s.job_id} service={s} actions={actions} />
+                  <ServiceRow
+                    key={s.job_id}
+                    service={s}
+                    actions={actions}
+                    share={model.shareOf(s.job_id)}
+                    sharing={model.sharing}
+                  />
                 ))}
               </ul>
             )}
+            {model.sharedWithMe.length > 0 ? (
+              <div className="jp-HPC-shared-with-me">
+                <div className="jp-HPC-subheading">Shared with you</div>
+                <ul className="jp-HPC-list">
+                  {model.sharedWithMe.map(s => (
+                    <li
+                      key={`${s.owner}/${s.job_id}`}
+                      className="jp-HPC-item jp-HPC-shared-item"
+                    >
+                      <a href={s.url} target="_blank" rel="noopener noreferrer">
+                        {s.name || 'service'}
+                      </a>{' '}
+                      <span className="jp-HPC-dim">
+                        by {s.owner} (job {s.job_id})
+                      </span>
+                    </li>
+                  ))}
+                </ul>
+              </div>
+            ) : null}
           </div>
         )}
       </UseSignal>

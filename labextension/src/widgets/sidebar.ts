@@ -2,7 +2,7 @@ import { CommandRegistry } from '@lumino/commands';
 import { CommandToolbarButton, SidePanel } from '@jupyterlab/ui-components';
 
 import { hpcIcon } from '../icons';
-import { ImagesModel, JobsModel, ServicesModel } from '../models';
+import { ImagesModel, JobsModel, ServicesModel, VitalsModel } from '../models';
 import { CommandIDs } from '../tokens';
 import { IImagesActions, ImagesSection } from './images';
 import { IJobsActions, JobsSection } from './jobs';
@@ -13,6 +13,8 @@ export interface ISidebarOptions {
   images: ImagesModel;
   jobs: JobsModel;
   services: ServicesModel;
+  /** Live vitals of running jobs (charts in the Jobs section); none: no charts. */
+  vitals?: VitalsModel | null;
   actions: IImagesActions & IJobsActions & IServicesActions;
 }
 
@@ -36,7 +38,9 @@ export function createSidebar(options: ISidebarOptions): SidePanel {
     })
   );
   panel.addWidget(new ImagesSection(options.images, options.actions));
-  panel.addWidget(new JobsSection(options.jobs, options.actions));
+  panel.addWidget(
+    new JobsSection(options.jobs, options.actions, options.vitals ?? null)
+  );
   panel.addWidget(new ServicesSection(options.services, options.actions));
   return panel;
 }

@@ -54,7 +54,9 @@ SlurmdDebug=info
 # No cgroups in the testbed: plain process tracking, no task binding.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+# Live job vitals (sstat: CPU time, current and peak memory), sampled every 2 s.
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=2
 MpiDefault=none
 
 # No slurmdbd: sacct is unavailable. Finished jobs stay visible in squeue
