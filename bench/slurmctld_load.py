@@ -176,10 +176,15 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200], help="held jobs = spawners per run")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds measured per phase")
     ap.add_argument("--poll-interval", type=float, default=30.0, help="Spawner.poll_interval (JupyterHub default 30)")
-    ap.add_argument("--watcher-interval", type=float, default=2.0, help="ApptainerSlurmSpawner.watcher_interval")
+    ap.add_argument("--watcher-interval", type=float, default=None,
+                    help="ApptainerSlurmSpawner.watcher_interval (default: the spawner's default)")
     ap.add_argument("--user", default="carol")
     ap.add_argument("--partition", default="cpu")
     args = ap.parse_args(argv)
+    if args.watcher_interval is None:
+        from jupyter_hpc.spawners import ApptainerSlurmSpawner
+
+        args.watcher_interval = ApptainerSlurmSpawner.class_traits()["watcher_interval"].default_value
     if os.geteuid() != 0:
         print("run as root on the testbed (sdiag --reset needs it)", file=sys.stderr)
         return 2

@@ -197,6 +197,38 @@ def run_argv(
     )
 
 
+#: Where a job runs its command: inside the image (``apptainer exec``) or, where
+#: containers cannot run, directly on the node (see :mod:`jupyter_hpc.runtime`).
+RUNTIMES = ("apptainer", "host")
+
+
+def check_runtime(value: Any) -> str:
+    if value not in RUNTIMES:
+        raise ValidationError("runtime", f"{str(value)[:40]!r} is not one of {', '.join(RUNTIMES)}")
+    return value
+
+
+def command_argv(image: str, argv: Sequence[str], *, runtime: str = "apptainer", **options: Any) -> List[str]:
+    """The argv that runs ``argv`` with ``image`` under ``runtime``.
+
+    ``apptainer``: :func:`exec_argv` (``options`` are its keyword arguments).
+    ``host``: ``argv`` itself, run directly on the node. The image is still
+    checked (it names the software the user asked for); container options
+    (binds, ``--nv``, ``--cleanenv``, home, ...) have no meaning there and are ignored.
+    """
+    if check_runtime(runtime) == "apptainer":
+        return exec_argv(image, argv, **options)
+    if not argv:
+        raise ValidationError("command", "must not be empty")
+    check_image(image)
+    return [str(a) for a in argv]
+
+
+def probe_argv(image: str, apptainer: str = "apptainer") -> List[str]:
+    """``apptainer exec IMAGE true``: whether containers can run here at all."""
+    return exec_argv(image, ["true"], cleanenv=True, apptainer=apptainer)
+
+
 def instance_name(value: Any) -> str:
     if not isinstance(value, str) or not _INSTANCE.match(value):
         raise ValidationError("instance", f"{str(value)[:64]!r} is not an instance name")
@@ -383,6 +415,10 @@ __all__ = [
     "bind_spec",
     "exec_argv",
     "run_argv",
+    "RUNTIMES",
+    "check_runtime",
+    "command_argv",
+    "probe_argv",
     "instance_start_argv",
     "instance_list_argv",
     "instance_stop_argv",

@@ -179,8 +179,11 @@ class CellJobManager:
         default_resources: Optional[Dict[str, Any]] = None,
         log: Optional[logging.Logger] = None,
         watcher=None,
+        runtime=None,
     ):
         self.slurm = slurm
+        #: :class:`~jupyter_hpc.runtime.ContainerRuntime`; ``None``: always Apptainer
+        self.runtime = runtime
         #: shared :class:`~jupyter_hpc.watcher.JobWatcher` (server); ``None``: ask squeue directly
         self.watcher = watcher
         self._tracked: set = set()
@@ -296,7 +299,7 @@ class CellJobManager:
         return path
 
     async def submit(self, body: Dict[str, Any], *, cwd: str) -> Dict[str, Any]:
-        """Validate ``body`` (code, image, resources), submit, and return ``{"job_id", "dir"}``.
+        """Validate ``body`` (code, image, resources), submit, and return ``{"job_id", "dir", "runtime"}``.
 
         ``cwd`` is an already resolved directory (see :meth:`resolve_cwd`).
         Nothing is submitted when any value is refused.
@@ -320,6 +323,7 @@ class CellJobManager:
             workdir=cwd,
             comment=make_comment(kind="cell", image=comment_value(image.id)),
         )
+        mode = await self.runtime_mode()
         self._ensure_dirs()
         os.mkdir(job_dir, 0o700)
         with open(os.open(os.path.join(job_dir, "code.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
@@ -327,7 +331,7 @@ class CellJobManager:
             f.write(code)
         argv = self.image_python + ["-m", "jupyter_hpc.cellrunner", job_dir]
         script = build_container_script(
-            image.path, argv, nv=bool(req.gpus), pwd=cwd, env_names=GPU_ENV, node_info=False,
+            image.path, argv, nv=bool(req.gpus), pwd=cwd, env_names=GPU_ENV, node_info=False, runtime=mode,
         )
         job_id = await self.slurm.submit(req, script, env=clean_env())
         meta = {
@@ -335,14 +339,35 @@ class CellJobManager:
             "image": image.id,
             "cwd": cwd,
             "submitted": time.time(),
+            "runtime": mode,
             "resources": {k: getattr(req, k) for k in ("partition", "time", "cpus", "memory", "gpus", "exclusive")},
         }
         with open(os.open(os.path.join(job_dir, "job.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
                   encoding="utf-8") as f:
             json.dump(meta, f)
-        os.symlink(os.path.join("..", token), os.path.join(self.jobs_dir, "by-id", job_id))
+        self._link_job(job_id, token)
         self.log.info("cell job %s submitted (image %s, dir %s)", job_id, image.id, job_dir)
-        return {"job_id": job_id, "dir": job_dir}
+        return {"job_id": job_id, "dir": job_dir, "runtime": mode}
+
+    def _link_job(self, job_id: str, token: str) -> None:
+        """``by-id/<job_id>`` -> ``../<token>``. A link already there belongs to an earlier job
+        with the same id (Slurm numbers again after a state reset or wrap-around of
+        ``MaxJobId``): the new job replaces it."""
+        link = os.path.join(self.jobs_dir, "by-id", job_id)
+        tmp = os.path.join(self.jobs_dir, "by-id", f".{job_id}.{token}")
+        os.symlink(os.path.join("..", token), tmp)
+        os.replace(tmp, link)
+
+    async def runtime_info(self):
+        """The :class:`~jupyter_hpc.runtime.RuntimeInfo` jobs of this user get (``None``: no runtime set)."""
+        if self.runtime is None:
+            return None
+        return await self.runtime.resolve(self.catalog, self.username)
+
+    async def runtime_mode(self) -> str:
+        """``apptainer`` or ``host`` (containers unavailable): how the next job runs its command."""
+        info = await self.runtime_info()
+        return info.mode if info is not None else "apptainer"
 
     # -- state -------------------------------------------------------------------------
 

@@ -47,10 +47,14 @@ def image_value(value: str, check_exists: bool = True) -> str:
     """An image path (absolute, must exist unless ``check_exists`` is false) or a catalog id."""
     if isinstance(value, str) and (value.startswith("/") or "://" in value):
         checked = apptainer.check_image(value)
-        if check_exists and value.startswith("/") and not os.path.exists(value):
-            raise ValidationError("image", f"{value} does not exist (use --no-check-image for paths only the compute nodes see)")
+        if value.startswith("/"):
+            if check_exists and not os.path.lexists(value):
+                raise ValidationError("image", f"{value} does not exist (use --no-check-image for paths only the compute nodes see)")
+            from .images import check_local_image
+
+            checked = check_local_image(value)  # the provisioner's own check
         return checked
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.:+-]{1,200}", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.:+-]{0,199}", value):
         raise ValidationError("image", f"{str(value)[:80]!r} is neither an absolute path nor an image id such as site:notebook.sif")
     return value
 
@@ -178,9 +182,9 @@ def make_parser() -> argparse.ArgumentParser:
     inst.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
     inst.add_argument("--account", help="Slurm account")
     inst.add_argument("--time", default="01:00:00", help="time limit of the kernel's job (default 01:00:00)")
-    inst.add_argument("--cpus", type=int, default=1, help="CPUs (default 1)")
+    inst.add_argument("--cpus", default="1", help="CPUs (default 1)")
     inst.add_argument("--mem", dest="memory", help="memory, e.g. 4G (default: the partition's default)")
-    inst.add_argument("--gpus", type=int, default=0, help="GPUs (default 0); adds --nv to apptainer")
+    inst.add_argument("--gpus", default="0", help="GPUs (default 0); adds --nv to apptainer")
     inst.add_argument("--gpu-type", help="GPU type (--gres=gpu:TYPE:N)")
     inst.add_argument("--bind", dest="binds", action="append", default=[], metavar="SRC[:DST[:ro]]",
                       help="extra bind mount (repeatable)")
@@ -201,16 +205,19 @@ def make_parser() -> argparse.ArgumentParser:
 def cmd_install(args: argparse.Namespace) -> int:
     name = kernel_name(args.name)
     image = image_value(args.image, check_exists=not args.no_check_image)
-    display = args.display_name or default_display_name(name, image, args.gpus or 0, args.partition)
+    # Whole numbers as written (ASCII digits only; int() would also take ' 1', '+1' or '１２').
+    cpus = validate.cpus(args.cpus)
+    gpus = validate.gpus(args.gpus)
+    display = args.display_name or default_display_name(name, image, gpus, args.partition)
     spec = build_kernel_json(
         image=image,
         display_name=display,
         partition=args.partition,
         account=args.account,
         time=args.time,
-        cpus=args.cpus,
+        cpus=cpus,
         memory=args.memory,
-        gpus=args.gpus,
+        gpus=gpus,
         gpu_type=args.gpu_type,
         binds=args.binds,
         python=args.python,

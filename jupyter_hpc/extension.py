@@ -110,6 +110,39 @@ class HPCExtension(ExtensionApp):
         help="Whether users may pull remote images through POST images/pull.",
     ).tag(config=True)
 
+    vitals_gpu_probe = Bool(
+        True,
+        help=(
+            "Measure GPU utilisation and memory of running jobs with GPUs by running nvidia-smi as a short "
+            "extra step inside the job (srun --jobid=N --overlap), when Slurm itself reports no GPU usage. "
+            "Nodes without nvidia-smi report the GPUs as unavailable."
+        ),
+    ).tag(config=True)
+
+    vitals_gpu_interval = Float(
+        15.0,
+        help="Seconds a GPU measurement of a job is reused (a failed one: 300 s) before nvidia-smi runs again.",
+    ).tag(config=True)
+
+    vitals_min_window = Float(
+        3.0,
+        help="Shortest time between two CPU samples of a job used to compute its current CPU load (seconds).",
+    ).tag(config=True)
+
+    share_url = Unicode(
+        help=(
+            "URL of JupyterHub's jupyter-hpc-share service as this server reaches it, ending in its prefix, e.g. "
+            "'http://hub.example.org:10101/services/jupyter-hpc-share/'. Default: $JUPYTER_HPC_SHARE_URL (set by "
+            "ApptainerSlurmSpawner.share_url). Empty: sharing services is reported as unavailable."
+        ),
+    ).tag(config=True)
+
+    @default("share_url")
+    def _default_share_url(self):
+        return os.environ.get("JUPYTER_HPC_SHARE_URL", "")
+
+    share_timeout = Float(20.0, help="Seconds to wait for the jupyter-hpc-share service.").tag(config=True)
+
     username = Unicode(help="The user this server runs as (read-only; determined at start).")
 
     @default("username")
@@ -120,6 +153,7 @@ class HPCExtension(ExtensionApp):
         from .celljob import CellJobManager
         from .cluster import SlurmClient
         from .images import ImageCatalog
+        from .runtime import ContainerRuntime
         from .services import ServiceManager
         from .watcher import JobWatcher
 
@@ -127,6 +161,8 @@ class HPCExtension(ExtensionApp):
         self.slurm = SlurmClient(parent=self, run_as_user=False)
         self.watcher = JobWatcher.instance(interval=self.watch_interval, client=self.slurm)
         self.catalog = ImageCatalog(parent=self)
+        # Apptainer, or commands directly on the node where containers cannot run.
+        self.runtime = ContainerRuntime(parent=self)
         self.cells = CellJobManager(
             slurm=self.slurm,
             catalog=self.catalog,
@@ -137,6 +173,7 @@ class HPCExtension(ExtensionApp):
             default_resources=dict(self.default_resources),
             log=self.log,
             watcher=self.watcher,
+            runtime=self.runtime,
         )
         try:
             removed = self.cells.cleanup(self.jobs_retention_days)
@@ -152,6 +189,18 @@ class HPCExtension(ExtensionApp):
             log=self.log,
         )
         self.pulls = {}
+        from .sharing import ShareClient, hub_token
+        from .vitals import VitalsCollector
+
+        self.vitals = VitalsCollector(
+            self.slurm,
+            gpu_probe=self.vitals_gpu_probe,
+            gpu_interval=self.vitals_gpu_interval,
+            min_window=self.vitals_min_window,
+            logger=self.log,
+        )
+        self.sharing = ShareClient(self.share_url, hub_token(self.serverapp), timeout=self.share_timeout,
+                                   logger=self.log)
         self.settings["jupyter_hpc"] = self
 
     def initialize_handlers(self):

@@ -158,7 +158,8 @@ class ImagesHandler(HPCHandler):
             text = " ".join(str(d.get(k) or "") for k in ("id", "name", "title", "description", "ref")).lower()
             if not q or q in text:
                 out.append(d)
-        self.reply({"images": out})
+        runtime = await self.ext.cells.runtime_info()
+        self.reply({"images": out, "runtime": runtime.to_dict() if runtime is not None else None})
 
 
 class ImageHandler(HPCHandler):
@@ -290,11 +291,11 @@ class JobOutputHandler(HPCHandler):
     @authorized
     async def get(self, job_id: str):
         job_id = self.job_id_arg(job_id)
-        stream = self.get_query_argument("stream", "stdout")
+        stream = self.get_query_argument("stream", "stdout", strip=False)
         if stream not in ("stdout", "stderr"):
             raise ApiError(400, "stream must be stdout or stderr", "stream")
         try:
-            offset = validate.integer(self.get_query_argument("offset", "0"), "offset", 0, 2**53)
+            offset = validate.integer(self.get_query_argument("offset", "0", strip=False), "offset", 0, 2**53)
         except ValidationError as e:
             raise ApiError(400, e.message, "offset") from None
         path = await self._path(job_id, stream)
@@ -349,23 +350,27 @@ def _decode_prefix(data: bytes):
 
 
 class JobStatsHandler(HPCHandler):
+    """Live vitals of one of the caller's jobs (CPU, memory, time, GPUs; unavailable parts say why)."""
+
     @web.authenticated
     @authorized
     async def get(self, job_id: str):
         job_id = self.job_id_arg(job_id)
         info = await self.own_job(job_id)
-        stats = None
-        if info.is_running:
-            stats = await self.call(self.ext.slurm.job_stats(job_id))
-        data = stats.to_dict() if stats is not None else {}
-        self.reply({
-            "job_id": job_id,
-            "state": info.state,
-            "cpu": data.get("cpu_seconds"),
-            "memory_mb": data.get("max_rss_mb"),
-            "gpu": None,
-            "raw": data or None,
-        })
+        self.reply(await self.call(self.ext.vitals.vitals(info)))
+
+
+class VitalsHandler(HPCHandler):
+    """Vitals of all the caller's running jobs in one answer (what the sidebar polls)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        jobs = await self.call(self.ext.slurm.squeue(user=self.ext.username))
+        running = [j for j in jobs.values() if j.user == self.ext.username and j.is_running]
+        running.sort(key=lambda j: int(j.job_id.split("_")[0]))
+        vitals = await self.call(self.ext.vitals.many(running))
+        self.reply({"jobs": vitals, "sampled_at": time.time()})
 
 
 # -- cells ------------------------------------------------------------------------------------
@@ -394,7 +399,7 @@ class CellHandler(HPCHandler):
     async def get(self, job_id: str):
         job_id = self.job_id_arg(job_id)
         try:
-            since = validate.integer(self.get_query_argument("since", "0"), "since", 0, 10**9)
+            since = validate.integer(self.get_query_argument("since", "0", strip=False), "since", 0, 10**9)
         except ValidationError as e:
             raise ApiError(400, e.message, "since") from None
         try:
@@ -452,7 +457,103 @@ class ServiceHandler(HPCHandler):
         from .proxy import forget_target
 
         forget_target(self.settings, job_id)
+        await self._end_share(job_id)
         self.reply({"job_id": job_id, "state": "CANCELLING"}, 202)
+
+    async def _end_share(self, job_id: str) -> None:
+        """Revoke a share of the stopped service at once (the share service also notices the job end)."""
+        if self.ext.sharing.static_reason():
+            return
+        try:
+            await self.ext.sharing.delete(job_id)
+        except Exception as e:  # noqa: BLE001 - the share ends with the job anyway
+            self.log.info("could not revoke the share of service %s now: %s", job_id, e)
+
+
+# -- sharing ---------------------------------------------------------------------------------
+
+
+class SharingMixin:
+    async def shares_call(self, coro):
+        from .sharing import ShareServiceError, SharingUnavailable
+
+        try:
+            return await coro
+        except SharingUnavailable as e:
+            raise ApiError(501, str(e)) from None
+        except ShareServiceError as e:
+            raise ApiError(e.status, e.message, e.field) from None
+        except ValidationError as e:
+            raise ApiError(400, e.message, e.field) from None
+
+
+class SharingHandler(SharingMixin, HPCHandler):
+    """Whether services can be shared here (JupyterHub with the jupyter-hpc-share service)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.reply(await self.ext.sharing.status(fresh=self.get_query_argument("fresh", "") == "1"))
+
+
+class SharesHandler(SharingMixin, HPCHandler):
+    """The caller's shares and the services others share with the caller."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        data = await self.shares_call(self.ext.sharing.list())
+        self.reply(data)
+
+
+class ServiceSharesHandler(SharingMixin, HPCHandler):
+    """Share one of the caller's services with hub users and groups, list and revoke."""
+
+    def _service(self, job_id: str) -> dict:
+        reason = self.ext.sharing.static_reason()
+        if reason:
+            raise ApiError(501, reason)
+        rec = self.ext.services.record(job_id)
+        if rec is None:
+            raise ApiError(404, f"job {job_id} is not a service of {self.ext.username}", "job_id")
+        return rec
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str):
+        from .sharing import share_dict
+
+        job_id = self.job_id_arg(job_id)
+        rec = self._service(job_id)
+        share = await self.shares_call(self.ext.sharing.get(job_id))
+        self.reply(share_dict(job_id, self.ext.username, share, rec.get("name")))
+
+    @web.authenticated
+    @authorized
+    async def put(self, job_id: str):
+        from .sharing import share_dict, share_request
+
+        job_id = self.job_id_arg(job_id)
+        rec = self._service(job_id)
+        try:
+            users, groups = share_request(self.json_body())
+        except ValidationError as e:
+            raise ApiError(400, e.message, e.field) from None
+        share = await self.shares_call(self.ext.sharing.put(job_id, users, groups))
+        self.log.info("service %s shared with users %s, groups %s", job_id, users, groups)
+        self.reply(share_dict(job_id, self.ext.username, share, rec.get("name")))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, job_id: str):
+        from .sharing import share_dict
+
+        job_id = self.job_id_arg(job_id)
+        rec = self._service(job_id)
+        if not await self.shares_call(self.ext.sharing.delete(job_id)):
+            raise ApiError(404, f"service {job_id} is not shared", "job_id")
+        self.log.info("share of service %s revoked", job_id)
+        self.reply(share_dict(job_id, self.ext.username, None, rec.get("name")))
 
 
 def handlers():
@@ -467,8 +568,12 @@ def handlers():
         (rf"/{API}/jobs/{JOB_ID}", JobHandler),
         (rf"/{API}/jobs/{JOB_ID}/output", JobOutputHandler),
         (rf"/{API}/jobs/{JOB_ID}/stats", JobStatsHandler),
+        (rf"/{API}/vitals", VitalsHandler),
+        (rf"/{API}/sharing", SharingHandler),
+        (rf"/{API}/shares", SharesHandler),
         (rf"/{API}/cells", CellsHandler),
         (rf"/{API}/cells/{JOB_ID}", CellHandler),
         (rf"/{API}/services", ServicesHandler),
         (rf"/{API}/services/{JOB_ID}", ServiceHandler),
+        (rf"/{API}/services/{JOB_ID}/shares", ServiceSharesHandler),
     ]

@@ -18,6 +18,11 @@ Layout of a generated script::
     printf 'jupyter-hpc: starting container %s on %s\\n' IMAGE NODE >&2
     [exec] apptainer exec ... IMAGE ARGV...
 
+With ``runtime="host"`` (containers unavailable, see :mod:`jupyter_hpc.runtime`)
+the last lines become ``cd PWD`` (when given), the stderr marker
+``jupyter-hpc: runtime=host image=IMAGE node=NODE`` and ``[exec] ARGV...``: the same
+command, run directly on the node with the job's environment.
+
 Port hand-off
 -------------
 With ``port=True`` the job picks a free TCP port on its node (random in
@@ -54,6 +59,7 @@ from .validate import ValidationError
 PORT_PLACEHOLDER = "{port}"
 MARKER_PREFIX = "jupyter-hpc: "
 STARTING_MARKER = "jupyter-hpc: starting container"
+HOST_MARKER = "jupyter-hpc: runtime=host"
 
 #: How the job names its node in the port hand-off.
 HOST_EXPRESSIONS = {
@@ -152,6 +158,7 @@ def build_container_script(
     exec_: bool = True,
     directives: Sequence[str] = (),
     node_info: bool = True,
+    runtime: str = "apptainer",
 ) -> str:
     """The batch script that runs ``argv`` inside ``image`` with ``apptainer exec``.
 
@@ -166,7 +173,11 @@ def build_container_script(
       ``host=...,port=...``.
     - ``host``: key of :data:`HOST_EXPRESSIONS` (how the node names itself).
     - ``exec_``: replace the shell by apptainer (signals from Slurm reach it directly).
+    - ``runtime``: ``"apptainer"`` or ``"host"`` (run ``argv`` directly on the node; container
+      options are ignored, exports and named variables are simply part of the job environment).
     """
+    _apptainer.check_runtime(runtime)
+    host_runtime = runtime == "host"
     lo, hi = port_range
     lo = validate.integer(lo, "port range", 1024, 65535)
     hi = validate.integer(hi, "port range", lo, 65535)
@@ -196,6 +207,13 @@ def build_container_script(
         lines.append(Line("export APPTAINERENV_PORT=\"$PORT\""))
         lines.append(Line(f'jhpc_record_port {shlex.quote(prefix)} "$JHPC_HOST" "$PORT"'))
         lines.append(Line('echo "jupyter-hpc: port=$PORT host=$JHPC_HOST" >&2'))
+    if host_runtime:
+        full = _apptainer.command_argv(image, argv, runtime="host")
+        if pwd:
+            lines.append(["cd", "--", _apptainer.check_path(pwd, "pwd")])
+        lines.append(Line(f"printf 'jupyter-hpc: runtime=host image=%s node=%s\\n' {shlex.quote(image)} \"$(hostname -s)\" >&2"))
+        lines.append(command_line(full, expand_port=port, exec_=exec_))
+        return slurm.batch_script(lines, exports=literal, directives=directives)
     for name in literal:
         lines.append(Line(f'export APPTAINERENV_{name}="${name}"'))
     for name in names:
@@ -267,6 +285,7 @@ def read_port_file(home: str, job_id: Any) -> Optional[Tuple[str, int]]:
 __all__ = [
     "PORT_PLACEHOLDER",
     "HOST_EXPRESSIONS",
+    "HOST_MARKER",
     "build_container_script",
     "command_line",
     "quote_word",

@@ -11,7 +11,10 @@ Options: ``--image`` (id from the image catalog, or a path inside an allowed
 image directory), ``--partition``, ``--gpus``, ``--cpus``, ``--mem``,
 ``--time``, ``--exclusive``, ``--wait`` (show the outputs here when the job
 runs; otherwise the job id is shown and ``%hpc output JOBID`` fetches them later).
-Line magic: ``%hpc jobs``, ``%hpc output JOBID``, ``%hpc cancel JOBID``.
+The options line is taken literally (no IPython ``$name``/``{expr}`` expansion).
+Line magic: ``%hpc jobs`` (own jobs, with the live vitals of running ones: CPU load,
+memory now and peak, elapsed time of the limit, GPU use), ``%hpc stats JOBID`` (the
+vitals of one job in detail), ``%hpc output JOBID``, ``%hpc cancel JOBID``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from . import validate
 from .validate import ValidationError
 
 POLL_SECONDS = 0.5
+#: Longest options line accepted (shlex needs time quadratic in the length of one word).
+MAX_LINE = 8192
 
 
 def _run_async(coro: Coroutine) -> Any:
@@ -71,8 +76,15 @@ def cell_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_line(line: str) -> str:
+    if len(line) > MAX_LINE:
+        raise ValidationError("options", f"the options line is longer than {MAX_LINE} characters")
+    return line
+
+
 def parse_cell_options(line: str) -> dict:
     """``%%hpc`` options as a request body (without ``code``)."""
+    check_line(line)
     try:
         words = shlex.split(line)
     except ValueError as e:
@@ -92,14 +104,40 @@ class HPCMagicsRuntime:
         from .cluster import SlurmClient
         from .extension import current_username
         from .images import ImageCatalog
+        from .runtime import ContainerRuntime
 
         self.username = current_username()
         kwargs = {"config": config} if config is not None else {}
         self.slurm = SlurmClient(run_as_user=False, **kwargs)
         self.catalog = ImageCatalog(**kwargs)
+        self.runtime = ContainerRuntime(**kwargs)
         defaults = {"time": "00:30:00", "cpus": 1, "memory": "1G", "gpus": 0}
         self.cells = CellJobManager(slurm=self.slurm, catalog=self.catalog, username=self.username,
-                                    default_resources=defaults)
+                                    default_resources=defaults, runtime=self.runtime)
+        from .vitals import VitalsCollector
+
+        self.vitals = VitalsCollector(self.slurm)
+
+    async def own_jobs(self):
+        jobs = await self.slurm.squeue(user=self.username)
+        return sorted((j for j in jobs.values() if j.user == self.username),
+                      key=lambda j: int(j.job_id.split("_")[0]))
+
+    async def jobs_with_vitals(self):
+        """``[(JobInfo, vitals dict or None)]``: vitals for the running jobs."""
+        jobs = await self.own_jobs()
+        running = [j for j in jobs if j.is_running]
+        vitals = {v["job_id"]: v for v in await self.vitals.many(running)}
+        return [(j, vitals.get(j.job_id)) for j in jobs]
+
+    async def job_vitals(self, job_id: str):
+        jobs = await self.slurm.squeue(job_ids=[job_id])
+        info = jobs.get(job_id)
+        if info is None:
+            raise ValidationError("job id", f"job {job_id} is not known to Slurm")
+        if info.user != self.username:
+            raise ValidationError("job id", f"job {job_id} is not yours")
+        return await self.vitals.vitals(info)
 
 
 def _show_output(out: dict) -> None:
@@ -117,8 +155,25 @@ def _show_output(out: dict) -> None:
         sys.stderr.flush()
 
 
+def jobs_table(jobs_and_vitals) -> list:
+    """Rows (header first) of ``%hpc jobs``: one per job, vitals columns for running jobs."""
+    from .vitals import format_seconds, summary_line
+
+    rows = [("JOBID", "NAME", "KIND", "STATE", "PARTITION", "NODES", "TIME/LIMIT", "CPU", "MEMORY (PEAK)", "GPU")]
+    for j, v in jobs_and_vitals:
+        kind = j.kind if j.kind in ("cell", "service", "kernel", "server") else "other"
+        if v is not None:
+            cols = summary_line(v)
+        else:
+            limit = format_seconds(j.time_limit * 60) if j.time_limit else "unlimited"
+            cols = {"time": f"{format_seconds(j.elapsed or 0)}/{limit}", "cpu": "", "memory": "", "gpu": ""}
+        rows.append((j.job_id, j.name or "", kind, j.state, j.partition or "", j.nodes or "",
+                     cols["time"], cols["cpu"], cols["memory"], cols["gpu"]))
+    return rows
+
+
 def _load_magics():
-    from IPython.core.magic import Magics, line_cell_magic, magics_class
+    from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
     @magics_class
     class HPCMagics(Magics):
@@ -132,6 +187,9 @@ def _load_magics():
                 self._runtime = HPCMagicsRuntime(config=getattr(self.shell, "config", None))
             return self._runtime
 
+        # The options line is used as written: IPython's $var/{expr} expansion would change
+        # values before they are validated, and its cost grows with the square of the length.
+        @no_var_expand
         @line_cell_magic
         def hpc(self, line: str, cell: Optional[str] = None):
             try:
@@ -149,6 +207,10 @@ def _load_magics():
             rt = self.runtime
             result = _run_async(rt.cells.submit(body, cwd=os.getcwd()))
             job_id = result["job_id"]
+            if result.get("runtime") == "host":
+                from .runtime import HOST_MESSAGE
+
+                print(f"{HOST_MESSAGE}.", flush=True)
             print(f"Submitted cell job {job_id} (image {body.get('image')})", flush=True)
             if not opts["wait"]:
                 state = _run_async(rt.cells.state(job_id, 0))
@@ -175,9 +237,15 @@ def _load_magics():
                 time.sleep(POLL_SECONDS)
 
         def _line(self, line: str):
-            words = shlex.split(line)
+            words = shlex.split(check_line(line))
             if not words or words[0] == "jobs":
                 return self._jobs()
+            if words[0] == "stats" and len(words) == 2:
+                from .vitals import describe
+
+                v = _run_async(self.runtime.job_vitals(validate.job_id(words[1])))
+                print("\n".join(describe(v)))
+                return None
             if words[0] in ("output", "cancel") and len(words) == 2:
                 job_id = validate.job_id(words[1])
                 if words[0] == "output":
@@ -185,20 +253,12 @@ def _load_magics():
                 _run_async(self.runtime.cells.cancel(job_id))
                 print(f"job {job_id}: cancel requested")
                 return None
-            print("usage: %hpc jobs | %hpc output JOBID | %hpc cancel JOBID | %%hpc --image IMAGE [options]",
-                  file=sys.stderr)
+            print("usage: %hpc jobs | %hpc stats JOBID | %hpc output JOBID | %hpc cancel JOBID | "
+                  "%%hpc --image IMAGE [options]", file=sys.stderr)
             return None
 
         def _jobs(self):
-            rt = self.runtime
-            jobs = _run_async(rt.slurm.squeue(user=rt.username))
-            rows = [("JOBID", "NAME", "KIND", "STATE", "PARTITION", "NODES", "ELAPSED")]
-            for j in sorted(jobs.values(), key=lambda j: int(j.job_id.split("_")[0])):
-                if j.user != rt.username:
-                    continue
-                kind = j.kind if j.kind in ("cell", "service", "kernel", "server") else "other"
-                rows.append((j.job_id, j.name or "", kind, j.state, j.partition or "",
-                             j.nodes or "", str(j.elapsed or 0) + "s"))
+            rows = jobs_table(_run_async(self.runtime.jobs_with_vitals()))
             widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
             for r in rows:
                 print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -48,7 +48,7 @@ from typing import Any, Dict, List, Optional
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from tornado import web
-from traitlets import Bool, Float, Integer, List as TList, Unicode, Union as TUnion
+from traitlets import Bool, Float, Integer, List as TList, TraitError, Unicode, Union as TUnion
 
 from . import apptainer, jobscript, process, slurm, validate
 from .cluster import SlurmClient, SlurmError, SlurmRequestError
@@ -271,7 +271,8 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         "",
         config=True,
         help="Apptainer image the kernel runs in: an absolute path to a SIF file or sandbox directory "
-        "(as seen on the compute nodes), or an image id of the jupyter-hpc image catalog "
+        "(as seen on the compute nodes; when it exists on the server's machine too it must be a SIF "
+        "file or sandbox the user can read), or an image id of the jupyter-hpc image catalog "
         "such as 'site:notebook.sif'. The image must provide the kernel (e.g. ipykernel).",
     )
     partition = Unicode(None, allow_none=True, config=True, help="Slurm partition (default: the cluster's default partition).")
@@ -378,6 +379,7 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
     _cmd: Optional[List[str]] = None
     _image_path: Optional[str] = None
     _request: Optional[slurm.JobRequest] = None
+    _runtime_mode: str = "apptainer"
 
     _unknown_settings: List[str] = []
 
@@ -388,7 +390,13 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         self._unknown_settings = sorted(k for k in kwargs if k not in known)
         for key in self._unknown_settings:
             kwargs.pop(key)
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except TraitError as e:
+            # a kernelspec value of the wrong type: a 400 naming the setting, not a 500 with the value
+            text = str(e)
+            text = text if len(text) <= 300 else text[:300] + "..."
+            raise KernelJobError(f"Kernelspec setting refused: {text}", status=400) from None
 
     # --- helpers that reach the cluster ---------------------------------
     def _watcher(self):
@@ -447,8 +455,12 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         if not isinstance(image, str):
             raise ValidationError("image", "must be a string")
         if image.startswith("/"):
-            # As seen on the compute nodes; the job runs as the user, so no directory restriction.
-            return apptainer.check_path(image, "image")
+            # As seen on the compute nodes; the job runs as the user, so no directory restriction,
+            # but a path visible here must be an image the user can read (no '..', no symlink to
+            # a file that is not an image).
+            from .images import check_local_image
+
+            return check_local_image(image)
         if "://" not in image and not re.fullmatch(r"[A-Za-z0-9_.:+-]{1,200}", image):
             raise ValidationError("image", f"{image[:80]!r} is neither an absolute path, an image id nor a reference")
         from .images import ImageCatalog
@@ -472,13 +484,14 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
             out.append(arg)
         return out
 
-    def batch_script(self, image: str, argv: List[str], exports: List[str]) -> str:
+    def batch_script(self, image: str, argv: List[str], exports: List[str], runtime: str = "apptainer") -> str:
         """The kernel job's batch script (:func:`jupyter_hpc.jobscript.build_container_script`):
         ``exec apptainer exec --cleanenv [--nv] ... IMAGE ARGV``.
 
         Values of variables never appear in the script: for each name in
         ``exports`` set in the job's environment it has
-        ``export APPTAINERENV_NAME="$NAME"``.
+        ``export APPTAINERENV_NAME="$NAME"``. With ``runtime="host"``
+        (containers unavailable) the script runs ``ARGV`` directly on the node.
         """
         binds = [parse_bind(b) for b in self.binds]
         return jobscript.build_container_script(
@@ -491,7 +504,22 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
             apptainer_extra=list(self.extra_apptainer),
             env_names=exports,
             exec_=True,
+            runtime=runtime,
         )
+
+    async def runtime_mode(self) -> str:
+        """``apptainer``, or ``host`` where containers cannot run (:class:`jupyter_hpc.runtime.ContainerRuntime`)."""
+        from .images import ImageCatalog
+        from .runtime import ContainerRuntime
+
+        runtime = ContainerRuntime(parent=self)
+        if runtime.mode != "auto":
+            info = await runtime.resolve()
+        else:
+            info = await runtime.resolve(ImageCatalog(parent=self), getpass.getuser())
+        if not info.containers:
+            self.log.warning("Kernel %s: %s (%s)", self.kernel_id, info.message, info.reason)
+        return info.mode
 
     def job_environment(self, env: Dict[str, str]) -> Dict[str, str]:
         """The environment sbatch runs with (the job inherits it): a few system
@@ -541,6 +569,7 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         slurm.slurm_path(self.output_file, "output")
 
         self._image_path = await self.resolve_image()
+        self._runtime_mode = await self.runtime_mode()
         for bind in self.binds:
             parse_bind(bind)
         cwd = kwargs.get("cwd")
@@ -588,12 +617,18 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         job_env = self.job_environment(env)
         exports = list(dict.fromkeys(list(self.env_keep) + self._kernel_env_names(job_env)))
         try:
-            script = self.batch_script(self._image_path, list(cmd), exports)
+            script = self.batch_script(self._image_path, list(cmd), exports, runtime=self._runtime_mode)
         except ValidationError as e:
             self._remove_files()
             raise KernelJobError(f"Kernelspec setting refused: {e}", status=400) from None
         try:
+            # Against the live partition (sinfo, cached) first: Slurm accepts some impossible
+            # requests, e.g. an unknown GPU type, and only fails the job afterwards.
+            await self.slurm_client.check_request(self._request)
             self.job_id = await self.slurm_client.submit(self._request, script, env=job_env)
+        except ValidationError as e:
+            self._remove_files()
+            raise KernelJobError(f"Kernelspec setting refused: {e}", status=400) from None
         except SlurmRequestError as e:
             self._remove_files()
             raise KernelJobError(f"Slurm refused the kernel job: {e}", status=400) from None

@@ -139,6 +139,7 @@ class ServiceManager:
         )
         comment = make_comment(kind="service", name=name, image=comment_value(image.id))
         argv = self.cells.image_python + ["-m", "jupyter_hpc.services"] + command
+        mode = await self.cells.runtime_mode()
         script = build_container_script(
             image.path,
             argv,
@@ -147,13 +148,15 @@ class ServiceManager:
             comment=comment,
             exports={"JUPYTER_HPC_PROXY_PREFIX": self.proxy_prefix},
             env_names=("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES"),
+            runtime=mode,
         )
         os.makedirs(os.path.dirname(self.services_dir), mode=0o700, exist_ok=True)
         os.makedirs(self.services_dir, mode=0o700, exist_ok=True)
         os.chmod(self.services_dir, 0o700)
         req.comment = comment
         job_id = await self.slurm.submit(req, script, env=clean_env())
-        record = {"job_id": job_id, "name": name, "image": image.id, "command": command, "created": time.time()}
+        record = {"job_id": job_id, "name": name, "image": image.id, "command": command, "created": time.time(),
+                  "runtime": mode}
         fd = os.open(self._record_path(job_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w", encoding="utf-8") as f:
             json.dump(record, f)

@@ -206,7 +206,11 @@ class ApptainerSlurmSpawner(SlurmSpawner):
     ).tag(config=True)
 
     watcher_interval = Float(
-        2.0, help="Seconds between the shared watcher's squeue calls (one call for all servers of this hub)."
+        10.0,
+        help="Seconds between the shared watcher's squeue calls (one call for all servers of this hub). "
+        "poll() reads the watcher's cache, so a server whose job ended is noticed within "
+        "watcher_interval + Spawner.poll_interval; starting and stopping servers refresh it on demand "
+        "(startup_poll_interval), so spawns do not wait for it.",
     ).tag(config=True)
 
     partitions_max_age = Float(30.0, help="Seconds the sinfo partition list is cached.").tag(config=True)

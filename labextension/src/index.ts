@@ -14,6 +14,7 @@ import {
 import { CodeCell } from '@jupyterlab/cells';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
+import { Widget } from '@lumino/widgets';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IFrame, refreshIcon } from '@jupyterlab/ui-components';
 
@@ -26,7 +27,8 @@ import {
   ImagesModel,
   JobsModel,
   PollingModel,
-  ServicesModel
+  ServicesModel,
+  VitalsModel
 } from './models';
 import {
   CommandIDs,
@@ -36,14 +38,17 @@ import {
   IJob,
   IPartition,
   IService,
+  IShareRecord,
   PLUGIN_ID
 } from './tokens';
 import { describeError } from './widgets/common';
 import {
   IRunCellChoice,
   IServiceChoice,
+  IShareChoice,
   RunCellForm,
   ServiceForm,
+  ShareForm,
   loadLastChoice,
   saveLastChoice
 } from './widgets/dialogs';
@@ -53,6 +58,15 @@ import { createSidebar } from './widgets/sidebar';
 export * from './handler';
 export * from './models';
 export * from './tokens';
+
+/** A path on the hub (e.g. a share link) as an absolute URL of this page's origin. */
+function absoluteURL(path: string): string {
+  try {
+    return new URL(path, window.location.origin).href;
+  } catch {
+    return path;
+  }
+}
 
 /** Explain a failed submission and what to do about it. */
 function submissionMessage(what: string, error: unknown): string {
@@ -128,6 +142,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     const jobs = new JobsModel(modelOptions);
     const services = new ServicesModel(modelOptions);
+    // Vitals are polled only while the HPC sidebar is shown (and the tab visible).
+    let sidebarWidget: Widget | null = null;
+    const vitals = new VitalsModel({
+      serverSettings,
+      refreshInterval: settings.vitalsInterval,
+      historyLength: settings.vitalsHistory,
+      isActive: () =>
+        settings.showVitals && !!sidebarWidget && sidebarWidget.isVisible
+    });
 
     const notifier = new TroubleNotifier();
     notifier.watch('images', images);
@@ -139,6 +162,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       jobs.refreshInterval = settings.refreshInterval;
       services.refreshInterval = settings.refreshInterval;
       images.refreshInterval = Math.max(30, settings.refreshInterval * 3);
+      vitals.refreshInterval = settings.vitalsInterval;
+      vitals.historyLength = settings.vitalsHistory;
+      if (!settings.showVitals) {
+        vitals.clear();
+      }
     };
     if (settingRegistry) {
       try {
@@ -474,12 +502,71 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
 
     // ---- sidebar -------------------------------------------------------------
+    const shareService = async (service: IService, current?: IShareRecord) => {
+      const form = new ShareForm({
+        users: current?.users,
+        groups: current?.groups,
+        hint:
+          'They open it through JupyterHub with their own login and reach this service only ' +
+          '(not your notebook server, files or other jobs). The share ends when the job ends.'
+      });
+      const result = await showDialog<IShareChoice>({
+        title: `Share "${service.name || service.job_id}"`,
+        body: form,
+        buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Share' })]
+      });
+      if (!result.button.accept || !result.value) {
+        return;
+      }
+      const { users, groups } = result.value;
+      try {
+        const share = await services.share(service.job_id, users, groups);
+        if (share.shared && share.url) {
+          Notification.success(
+            `Shared with ${[...share.users, ...share.groups.map(g => `group ${g}`)].join(', ')}: ${absoluteURL(share.url)}`,
+            { autoClose: 8000 }
+          );
+        } else {
+          Notification.info('The service is no longer shared.', { autoClose: 4000 });
+        }
+      } catch (error) {
+        Notification.error(submissionMessage('The service was not shared', error), {
+          autoClose: false
+        });
+      }
+    };
+
     const sidebar = createSidebar({
       commands,
       images,
       jobs,
       services,
+      vitals,
       actions: {
+        share: (service: IService, current?: IShareRecord) =>
+          void shareService(service, current),
+        revoke: async (service: IService) => {
+          if (
+            await confirm(
+              'Stop sharing?',
+              `Nobody but you will be able to open "${service.name}" (job ${service.job_id}) any more.`,
+              'Revoke'
+            )
+          ) {
+            try {
+              await services.revoke(service.job_id);
+            } catch (error) {
+              Notification.error(submissionMessage('The share was not revoked', error));
+            }
+          }
+        },
+        copyShareLink: (share: IShareRecord) => {
+          const url = absoluteURL(share.url);
+          navigator.clipboard?.writeText(url).then(
+            () => Notification.info(`Copied ${url}`, { autoClose: 3000 }),
+            () => Notification.info(url, { autoClose: false })
+          );
+        },
         pull: (ref: string) => {
           images.pull(ref).then(
             () =>
@@ -529,6 +616,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     shell.add(sidebar, 'left', { rank: 900 });
+    sidebarWidget = sidebar;
     if (restorer) {
       restorer.add(sidebar, sidebar.id);
     }

@@ -41,6 +41,20 @@ export interface IImage {
   pulled: boolean;
 }
 
+/**
+ * How jobs run their commands (`GET images` -> `runtime`): inside Apptainer
+ * images, or directly on the node where containers cannot run.
+ */
+export interface IRuntime {
+  mode: 'apptainer' | 'host';
+  configured: 'auto' | 'apptainer' | 'host';
+  containers: boolean;
+  /** What to tell the user when containers are unavailable; null otherwise. */
+  message: string | null;
+  reason: string | null;
+  probe_image: string | null;
+}
+
 export interface IPull {
   ref: string;
   state: 'pulling' | 'done' | 'error';
@@ -129,6 +143,93 @@ export interface IServiceRequest {
 }
 
 /** User settings (`schema/plugin.json`). */
+/** Vitals of one job (`GET vitals`, `GET jobs/{id}/stats`); unavailable parts say why. */
+export interface IJobVitals {
+  job_id: string;
+  name: string | null;
+  kind: JobKind;
+  state: string;
+  node: string | null;
+  /** Unix time of the sample (seconds). */
+  sampled_at: number;
+  time: {
+    elapsed_s: number | null;
+    limit_s: number | null;
+    fraction: number | null;
+  };
+  cpu: {
+    available: boolean;
+    reason: string | null;
+    cpus?: number | null;
+    cpu_seconds?: number | null;
+    cores_used?: number | null;
+    percent?: number | null;
+    source?: string;
+  };
+  memory: {
+    available: boolean;
+    reason: string | null;
+    current_mb: number | null;
+    peak_mb: number | null;
+    requested_mb?: number | null;
+    source?: string;
+  };
+  gpu: {
+    available: boolean;
+    reason: string | null;
+    count: number;
+    utilization?: number | null;
+    memory_used_mb?: number | null;
+    memory_total_mb?: number | null;
+    source?: string;
+    devices: Array<{
+      index: number;
+      name: string;
+      utilization?: number | null;
+      memory_used_mb?: number | null;
+      memory_total_mb?: number | null;
+    }>;
+  };
+}
+
+/** One point of a job's vitals history kept by the sidebar. */
+export interface IVitalsSample {
+  /** Unix time (seconds). */
+  t: number;
+  cpuPercent: number | null;
+  memoryMb: number | null;
+  gpuPercent: number | null;
+}
+
+/** `GET sharing`: whether services can be shared here. */
+export interface ISharing {
+  available: boolean;
+  reason: string | null;
+  service_url?: string | null;
+}
+
+/** `GET/PUT/DELETE services/{id}/shares`. */
+export interface IShare {
+  job_id: string;
+  owner: string;
+  name?: string | null;
+  users: string[];
+  groups: string[];
+  shared: boolean;
+  /** Path on the hub where the people it is shared with open it. */
+  url: string | null;
+}
+
+/** A share as `GET shares` lists it. */
+export interface IShareRecord {
+  owner: string;
+  job_id: string;
+  name?: string | null;
+  users: string[];
+  groups: string[];
+  url: string;
+}
+
 export interface IHPCSettings {
   defaultImage: string;
   defaultPartition: string;
@@ -137,6 +238,9 @@ export interface IHPCSettings {
   defaultMemory: string;
   defaultTime: string;
   refreshInterval: number;
+  showVitals: boolean;
+  vitalsInterval: number;
+  vitalsHistory: number;
 }
 
 export const DEFAULT_SETTINGS: IHPCSettings = {
@@ -146,7 +250,10 @@ export const DEFAULT_SETTINGS: IHPCSettings = {
   defaultCpus: 1,
   defaultMemory: '2G',
   defaultTime: '00:30:00',
-  refreshInterval: 10
+  refreshInterval: 10,
+  showVitals: true,
+  vitalsInterval: 5,
+  vitalsHistory: 60
 };
 
 /** Slurm states after which a job no longer changes. */

@@ -45,6 +45,47 @@ afterEach(() => {
 });
 
 describe('ImagesModel', () => {
+  it('reports whether jobs run in containers or directly on the node', async () => {
+    let runtime: any = {
+      mode: 'apptainer',
+      configured: 'auto',
+      containers: true,
+      message: null,
+      reason: "'apptainer exec /i true' works",
+      probe_image: '/i'
+    };
+    const { settings } = fakeServer(req => {
+      const p = apiPath(req.url);
+      if (p === 'images') {
+        return { body: { images: [image({})], runtime } };
+      }
+      if (p === 'images/pulls') {
+        return { body: { pulls: [] } };
+      }
+      return undefined;
+    });
+    const model = new ImagesModel({ serverSettings: settings, autoStart: false });
+    disposables.push(model);
+    expect(model.runtime).toBeNull();
+    expect(model.containersUnavailable).toBe(false);
+    await model.refresh();
+    expect(model.runtime?.mode).toBe('apptainer');
+    expect(model.containersUnavailable).toBe(false);
+    runtime = {
+      ...runtime,
+      mode: 'host',
+      containers: false,
+      message: 'Containers unavailable on this host: commands run directly on the node',
+      reason: 'apptainer: command not found'
+    };
+    let changed = 0;
+    model.changed.connect(() => changed++);
+    await model.refresh();
+    expect(changed).toBeGreaterThan(0);
+    expect(model.containersUnavailable).toBe(true);
+    expect(model.runtime?.message).toContain('commands run directly on the node');
+  });
+
   it('loads images and pulls, filters and lists runnable images', async () => {
     const images = [
       image({}),

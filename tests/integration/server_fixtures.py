@@ -236,6 +236,14 @@ class Moved(web.RequestHandler):
         self.redirect("/some/target?from=moved")
 
 
+class Upload(web.RequestHandler):
+    def post(self):
+        import hashlib
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps({"size": len(self.request.body),
+                               "sha256": hashlib.sha256(self.request.body).hexdigest()}))
+
+
 class Echo(websocket.WebSocketHandler):
     def check_origin(self, origin):
         return True
@@ -244,7 +252,7 @@ class Echo(websocket.WebSocketHandler):
         self.write_message("echo:" + message)
 
 
-app = web.Application([(r"/ws", Echo), (r"/big", Big), (r"/moved", Moved), (r"(/.*)", Info)])
+app = web.Application([(r"/ws", Echo), (r"/big", Big), (r"/moved", Moved), (r"/upload", Upload), (r"(/.*)", Info)])
 app.listen(port, address="0.0.0.0")
 print("listening on", port, flush=True)
 ioloop.IOLoop.current().start()

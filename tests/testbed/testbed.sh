@@ -16,7 +16,7 @@ TB_REPO=$(cd "$TB_DIR/../.." && pwd)
 
 # shellcheck source=lib/common.sh
 . "$TB_DIR/lib/common.sh"
-for _f in packages slurm users venv images registry; do
+for _f in packages slurm users venv images torch registry; do
     # shellcheck disable=SC1090
     . "$TB_DIR/lib/$_f.sh"
 done
@@ -41,6 +41,7 @@ REGISTRY=$TB_REGISTRY_ADDR
 TINY_REF=$TB_TINY_REF
 IMAGE_DIR=$TB_IMAGE_DIR
 NOTEBOOK_SIF=$TB_NOTEBOOK_SIF
+PYTORCH_SIF=$TB_TORCH_SIF
 SANDBOX_DIR=$TB_SANDBOX_DIR
 USER_IMAGE_DIR_TEMPLATE={home}/images
 ALICE_PRIVATE_SIF=/home/alice/images/alice-private.sif
@@ -92,6 +93,7 @@ cmd_up() {
     write_env_file
     step "registry" registry_up
     step "images" build_images
+    step "pytorch image" build_torch_image
     write_env_file
     step "verify" verify
     step "late packages" install_late_packages
@@ -107,6 +109,7 @@ cmd_install() {
     step "labextension link" build_labextension
     if [[ ${1:-} != --no-images ]] && apptainer_ok; then
         step "images" build_images
+        step "pytorch image" build_torch_image
     fi
 }
 
@@ -135,7 +138,7 @@ cmd_status() {
     _st venv "$([[ -x $TB_VENV/bin/python ]] && "$TB_VENV/bin/python" -c 'import jupyter_hpc, jupyterhub; print("jupyterhub", jupyterhub.__version__)' 2>/dev/null || echo "missing/broken")"
     _st chp "$([[ -x $TB_CHP ]] && echo "$TB_CHP" || echo missing)"
     local f
-    for f in "$TB_NOTEBOOK_SIF" "$TB_SANDBOX_DIR" /home/alice/images/alice-private.sif; do
+    for f in "$TB_NOTEBOOK_SIF" "$TB_SANDBOX_DIR" "$TB_TORCH_SIF" /home/alice/images/alice-private.sif; do
         _st "$(basename "$f")" "$([[ -e $f ]] && du -sh "$f" 2>/dev/null | cut -f1 || echo missing)"
     done
     _st env-file "$([[ -f $TB_ENV_FILE ]] && echo "$TB_ENV_FILE" || echo missing)"

@@ -66,6 +66,9 @@ class FakeSlurm:
         self.submitted = []
         self.cancelled = []
 
+    async def check_request(self, req):
+        return None
+
     async def submit(self, req, script, user=None, env=None, cwd=None):
         self.submitted.append((req, script, env))
         if self.on_submit:

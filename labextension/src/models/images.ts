@@ -1,5 +1,5 @@
 import { endpoint, requestAPI } from '../handler';
-import { IImage, IPull } from '../tokens';
+import { IImage, IPull, IRuntime } from '../tokens';
 import { IPollingModelOptions, PollingModel, sameJSON } from './base';
 
 /** Images visible to the user (site, own, remote refs) and running pulls. */
@@ -14,6 +14,16 @@ export class ImagesModel extends PollingModel {
 
   get pulls(): ReadonlyArray<IPull> {
     return this._pulls;
+  }
+
+  /** How jobs run their commands (null until loaded, or from an older server). */
+  get runtime(): IRuntime | null {
+    return this._runtime;
+  }
+
+  /** True when jobs run directly on the node because containers are unavailable. */
+  get containersUnavailable(): boolean {
+    return this._runtime !== null && this._runtime.containers === false;
   }
 
   /** Images whose title, name, description, format or ref contain `query` ("gpu" finds GPU images). */
@@ -62,17 +72,20 @@ export class ImagesModel extends PollingModel {
 
   protected async fetch(): Promise<boolean> {
     const [images, pulls] = await Promise.all([
-      requestAPI<{ images: IImage[] }>(
+      requestAPI<{ images: IImage[]; runtime?: IRuntime | null }>(
         endpoint(['images']),
         {},
         this.serverSettings
       ),
       requestAPI<{ pulls: IPull[] }>('images/pulls', {}, this.serverSettings)
     ]);
+    const runtime = images.runtime ?? null;
     const changed =
       !sameJSON(images.images, this._images) ||
-      !sameJSON(pulls.pulls, this._pulls);
+      !sameJSON(pulls.pulls, this._pulls) ||
+      !sameJSON(runtime, this._runtime);
     this._images = images.images ?? [];
+    this._runtime = runtime;
     this._pulls = pulls.pulls ?? [];
     if (this._pulls.some(p => p.state === 'pulling')) {
       this._watchPulls();
@@ -128,6 +141,7 @@ export class ImagesModel extends PollingModel {
   }
 
   private _images: IImage[] = [];
+  private _runtime: IRuntime | null = null;
   private _pulls: IPull[] = [];
   private _pullTimer: ReturnType<typeof setTimeout> | null = null;
 }

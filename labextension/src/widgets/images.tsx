@@ -3,7 +3,7 @@ import * as React from 'react';
 
 import { formatBytes } from '../handler';
 import { ImagesModel } from '../models';
-import { IImage, IPull } from '../tokens';
+import { IImage, IPull, IRuntime } from '../tokens';
 import { ActionButton, ErrorLine } from './common';
 
 export interface IImagesActions {
@@ -29,6 +29,29 @@ function PullProgress(props: { pull: IPull }): JSX.Element {
       />
       <span>{pct === null ? 'pulling…' : `${pct}%`}</span>
       {pull.message ? <span className="jp-HPC-dim"> {pull.message}</span> : null}
+    </div>
+  );
+}
+
+/** Shown above the images when jobs run directly on the node instead of in containers. */
+export function RuntimeNotice(props: { runtime: IRuntime | null }): JSX.Element | null {
+  const { runtime } = props;
+  if (!runtime || runtime.containers) {
+    return null;
+  }
+  const text =
+    runtime.message ??
+    'Containers unavailable on this host: commands run directly on the node';
+  return (
+    <div
+      className="jp-HPC-runtime-notice"
+      role="status"
+      title={runtime.reason ?? undefined}
+    >
+      {text}
+      {runtime.reason ? (
+        <div className="jp-HPC-runtime-reason jp-HPC-dim">{runtime.reason}</div>
+      ) : null}
     </div>
   );
 }
@@ -181,6 +204,7 @@ function ImagesView(props: {
           const images = model.filter(query);
           return (
             <>
+              <RuntimeNotice runtime={model.runtime} />
               <ErrorLine error={model.error} />
               {!model.loaded ? (
                 <div className="jp-HPC-empty">Loading images…</div>
