@@ -58,6 +58,8 @@ class CellResult:
     status: Optional[str]
     outputs: List[dict] = field(default_factory=list)
     node: Optional[str] = None
+    #: the run record: node, CPU model, CPU counts, exclusive (see ``GET cells/{id}``)
+    run: Optional[Dict[str, Any]] = None
 
     @property
     def ok(self) -> bool:
@@ -144,7 +146,7 @@ class HPC:
             if state.done:
                 if progress:
                     print(f"job {job_id}: {state.state}", flush=True)
-                return CellResult(job_id, state.state, state.status, outputs, node)
+                return CellResult(job_id, state.state, state.status, outputs, node, state.run)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"cell job {job_id} did not finish within {timeout:g} s (state {state.state})")
             time.sleep(poll)
@@ -164,7 +166,7 @@ class HPC:
 
     def start_service(self, command: Sequence[str], image: str, name: Optional[str] = None,
                       **resources: Any) -> Dict[str, Any]:
-        """Start a web UI as a job (as ``POST services``): ``{port}`` and ``{base_url}`` in
+        """Start a web UI as a job (as ``POST services``; ``venv=NAME`` and ``instance=True`` too): ``{port}`` and ``{base_url}`` in
         ``command`` are replaced in the job. Returns the Service dict (``job_id``, ``url``, ...)."""
         body = dict(resources, command=list(command), image=image)
         if name:

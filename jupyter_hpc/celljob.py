@@ -8,7 +8,9 @@ gets a private directory ``<jobs_dir>/<uuid>/`` (mode 0700) holding
                      (written by :mod:`jupyter_hpc.cellrunner` inside the image),
 - ``status.json``    written when the cell has finished (``ok`` / ``error``),
 - ``slurm.out`` / ``slurm.err``  the job's own standard output and error,
-- ``job.json``       what was submitted (job id, image, resources, working directory).
+- ``job.json``       what was submitted (job id, image, resources, working directory),
+- ``run.json``       the run record, written by the job when it starts: node, CPU model,
+                     CPU counts and whether the job had the node to itself (``exclusive``).
 
 ``<jobs_dir>/by-id/<job_id>`` is a symlink to the job's directory, so a job id
 from the client is mapped to a directory without ever taking a path from it.
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import validate
-from .jobscript import build_container_script
+from .jobscript import build_container_script, read_run_record
 from .slurm import JobInfo, JobRequest, make_comment
 from .validate import ValidationError
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 CELL_JOB_NAME = "jupyter-hpc-cell"
 SERVICE_JOB_NAME = "jupyter-hpc-service"
 RESOURCE_KEYS = ("partition", "time", "cpus", "memory", "gpus", "exclusive")
+RUN_RECORD = "run.json"
 _UUID = re.compile(r"^[0-9a-f]{32}$")
 
 #: Environment variables passed on to ``sbatch`` (and so into the job); nothing else of the
@@ -113,6 +116,8 @@ class CellState:
     done: bool
     status: Optional[str]
     job: Dict[str, Any] = field(default_factory=dict)
+    #: the run record (:func:`jupyter_hpc.jobscript.read_run_record`); ``None`` before the job started
+    run: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> dict:
         return {
@@ -124,6 +129,7 @@ class CellState:
             "next": self.next,
             "done": self.done,
             "status": self.status,
+            "run": self.run,
         }
 
 
@@ -281,6 +287,14 @@ class CellJobManager:
             raise ValidationError("image", f"image {image[:100]!r} is not available locally; pull it first")
         return img
 
+    def resolve_venv(self, name: Any) -> Optional[str]:
+        """The real path of the user's venv ``name`` (:mod:`jupyter_hpc.venvs`); ``None`` for no venv."""
+        if name in (None, ""):
+            return None
+        from . import venvs
+
+        return venvs.resolve(self.home, name)
+
     def resolve_cwd(self, cwd: Any, root_dir: str) -> str:
         """A directory inside ``root_dir`` (``cwd`` is relative to it, as notebook paths are)."""
         if cwd in (None, ""):
@@ -310,6 +324,7 @@ class CellJobManager:
         if "\x00" in code:
             raise ValidationError("code", "must not contain NUL characters")
         image = await self.resolve_image(body.get("image"))
+        venv = self.resolve_venv(body.get("venv"))
         token = uuid.uuid4().hex
         job_dir = os.path.join(self.jobs_dir, token)
         req = await job_request(
@@ -332,6 +347,7 @@ class CellJobManager:
         argv = self.image_python + ["-m", "jupyter_hpc.cellrunner", job_dir]
         script = build_container_script(
             image.path, argv, nv=bool(req.gpus), pwd=cwd, env_names=GPU_ENV, node_info=False, runtime=mode,
+            exclusive=req.exclusive, record_file=os.path.join(job_dir, RUN_RECORD), venv=venv,
         )
         job_id = await self.slurm.submit(req, script, env=clean_env())
         meta = {
@@ -340,6 +356,7 @@ class CellJobManager:
             "cwd": cwd,
             "submitted": time.time(),
             "runtime": mode,
+            "venv": body.get("venv") if venv else None,
             "resources": {k: getattr(req, k) for k in ("partition", "time", "cpus", "memory", "gpus", "exclusive")},
         }
         with open(os.open(os.path.join(job_dir, "job.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
@@ -434,12 +451,13 @@ class CellJobManager:
                 status = read_status(job_dir)
         # Read outputs after the status so that a finished cell's outputs are complete.
         outputs, nxt = read_outputs(job_dir, since)
+        run = read_run_record(os.path.join(job_dir, RUN_RECORD))
         if status is not None:
             if self.watcher is not None:
                 self._untrack(job_id)
             ok = status.get("status") == "ok"
-            return CellState(job_id, "COMPLETED" if ok else "FAILED", None, None, outputs, nxt, True,
-                             "ok" if ok else "error")
+            return CellState(job_id, "COMPLETED" if ok else "FAILED", None, run.get("node") if run else None,
+                             outputs, nxt, True, "ok" if ok else "error", run=run)
         if info is None or info.is_finished:
             # Ended without a status file: cancelled, timed out, killed, or failed to start.
             state = info.state if info is not None else "ENDED"
@@ -448,12 +466,12 @@ class CellJobManager:
             # The explanation is not stored in the file, so it comes with every later call.
             outputs.append(self._end_error(job_dir, state))
             return CellState(job_id, state, info.reason if info else None, info.node if info else None,
-                             outputs, nxt, True, "error")
+                             outputs, nxt, True, "error", run=run)
         state, reason = info.state, info.reason
         if info.is_pending and os.path.exists(os.path.join(job_dir, "outputs.jsonl")):
             # The runner has started: the job state seen by the watcher is older than that.
             state, reason = "RUNNING", None
-        return CellState(job_id, state, reason, info.node, outputs, nxt, False, None)
+        return CellState(job_id, state, reason, info.node, outputs, nxt, False, None, run=run)
 
     def _end_error(self, job_dir: str, state: str) -> dict:
         try:

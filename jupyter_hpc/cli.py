@@ -12,6 +12,14 @@ Subcommands:
 ``kernelspec show NAME``
     Print the kernel.json of an installed kernelspec.
 
+``venv create NAME --image IMAGE`` / ``venv list`` / ``venv remove NAME``
+    The user's Python venvs layered on an image (:mod:`jupyter_hpc.venvs`):
+    ``~/.jupyter-hpc/venvs/NAME``, made with the image's own Python
+    (``--system-site-packages``), then ``pip install`` into it from a cell job or
+    kernel using it (``%%hpc --venv NAME``, ``--venv NAME`` of ``kernelspec install``)::
+
+        jupyter hpc venv create analysis --image site:notebook.sif
+
 Every value is checked with the same validators the provisioner uses, so a
 kernelspec that installs also submits.
 """
@@ -74,6 +82,7 @@ def build_kernel_json(
     python: str = "python3",
     env: Optional[Dict[str, str]] = None,
     language: str = "python",
+    venv: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The kernel.json of an HPC kernelspec (values validated)."""
     from .provisioner import parse_bind
@@ -100,6 +109,10 @@ def build_kernel_json(
         for b in binds:
             parse_bind(b)
         config["binds"] = list(binds)
+    if venv:
+        from .venvs import venv_name
+
+        config["venv"] = venv_name(venv)
     python = apptainer.check_path(python, "python", allow_relative=True)
     argv = [python] + DEFAULT_ARGV[1:]
     spec: Dict[str, Any] = {
@@ -190,6 +203,7 @@ def make_parser() -> argparse.ArgumentParser:
                       help="extra bind mount (repeatable)")
     inst.add_argument("--env", dest="env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
                       help="environment variable for the kernel (repeatable)")
+    inst.add_argument("--venv", help="name of one of the user's venvs (~/.jupyter-hpc/venvs/NAME) put first on the kernel's PATH")
     inst.add_argument("--python", default="python3", help="Python interpreter inside the image (default python3)")
     inst.add_argument("--no-check-image", action="store_true", help="do not require the image path to exist here")
     where = inst.add_mutually_exclusive_group()
@@ -199,6 +213,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     show = ks_sub.add_parser("show", help="print an installed kernelspec's kernel.json")
     show.add_argument("name")
+
+    ve = sub.add_parser("venv", help="Python venvs layered on an image (~/.jupyter-hpc/venvs)")
+    ve_sub = ve.add_subparsers(dest="action", metavar="ACTION")
+    ve_sub.required = True
+    create = ve_sub.add_parser("create", help="create a venv with the image's own Python")
+    create.add_argument("name")
+    create.add_argument("--image", required=True, help="image id (site:notebook.sif) or a path the image catalog allows")
+    ve_sub.add_parser("list", help="list the venvs")
+    remove = ve_sub.add_parser("remove", help="delete a venv")
+    remove.add_argument("name")
     return parser
 
 
@@ -222,6 +246,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         binds=args.binds,
         python=args.python,
         env=dict(args.env),
+        venv=args.venv,
     )
     prefix = sys.prefix if args.sys_prefix else args.prefix
     dest = install_kernelspec(spec, name, user=not prefix, prefix=prefix)
@@ -241,6 +266,41 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_venv(args: argparse.Namespace) -> int:
+    import asyncio
+    import getpass
+    import pwd
+
+    from . import venvs
+
+    home = pwd.getpwnam(getpass.getuser()).pw_dir
+    if args.action == "list":
+        for v in venvs.list_venvs(home):
+            print(f"{v['name']}\t{v['path']}\timage={v['image'] or '?'}\tpython={v['python'] or '?'}")
+        return 0
+    if args.action == "remove":
+        venvs.remove(home, args.name)
+        print(f"Removed venv {args.name}")
+        return 0
+    from .images import ImageCatalog
+
+    name = venvs.venv_name(args.name)
+    catalog = ImageCatalog()
+
+    async def go():
+        try:
+            img = await catalog.resolve(args.image, getpass.getuser())
+        except (LookupError, OSError, ValueError) as e:
+            raise ValidationError("image", f"unknown or unusable image {args.image[:100]!r}: {e}") from None
+        if not getattr(img, "path", None):
+            raise ValidationError("image", f"image {args.image[:100]!r} is not available locally; pull it first")
+        return await venvs.create(home, name, img.id, img.path, apptainer=catalog.apptainer)
+
+    info = asyncio.run(go())
+    print(f"Created venv {info['name']} in {info['path']} (Python {info['python'] or '?'}, image {info['image']})")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -249,6 +309,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_install(args)
         if args.command == "kernelspec" and args.action == "show":
             return cmd_show(args)
+        if args.command == "venv":
+            return cmd_venv(args)
     except ValidationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -64,6 +64,12 @@ class HPCExtension(ExtensionApp):
         ),
     ).tag(config=True)
 
+    venv_create_timeout = Float(
+        600.0,
+        help="Seconds allowed for creating one user venv (POST venvs: the image's Python runs "
+             "'python -m venv --system-site-packages' and installs pip).",
+    ).tag(config=True)
+
     jobs_retention_days = Float(
         14.0,
         help="Cell job directories older than this many days are removed when the server starts (0: never).",

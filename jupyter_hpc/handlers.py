@@ -31,7 +31,7 @@ from .validate import ValidationError
 API = "jupyter-hpc/api"
 AUTH_RESOURCE = "jupyter_hpc"
 JOB_ID = r"(?P<job_id>[^/]+)"
-JOB_KINDS = ("cell", "service", "kernel", "server")
+JOB_KINDS = ("cell", "service", "kernel", "server", "build")
 
 
 class ApiError(web.HTTPError):
@@ -556,6 +556,104 @@ class ServiceSharesHandler(SharingMixin, HPCHandler):
         self.reply(share_dict(job_id, self.ext.username, None, rec.get("name")))
 
 
+class ServiceInstanceHandler(HPCHandler):
+    """The Apptainer instance a service job runs in (``apptainer instance list`` inside the job)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str):
+        job_id = self.job_id_arg(job_id)
+        try:
+            self.reply(await self.call(self.ext.services.instance(job_id)))
+        except LookupError as e:
+            raise ApiError(404, str(e), "job_id") from None
+
+
+# -- image builds -----------------------------------------------------------------------------
+
+
+class BuildsHandler(HPCHandler):
+    """Build a SIF into the user's image directory from a definition file or a sandbox, as a job."""
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        from . import builds
+
+        body = self.json_body()
+        root = os.path.realpath(os.path.expanduser(self.settings.get("server_root_dir") or self.ext.serverapp.root_dir))
+        try:
+            result = await self.call(builds.submit(self.ext.cells, body, [root], apptainer=self.ext.catalog.apptainer))
+        except FileExistsError as e:
+            raise ApiError(409, str(e), "name") from None
+        self.log.info("image build %s submitted as job %s", result["image"], result["job_id"])
+        self.reply(result, 201)
+
+
+# -- venvs ------------------------------------------------------------------------------------
+
+
+class VenvsHandler(HPCHandler):
+    """The user's Python venvs layered on an image (``~/.jupyter-hpc/venvs``)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        from . import venvs
+
+        self.reply({"venvs": venvs.list_venvs(self.ext.cells.home)})
+
+    @web.authenticated
+    @authorized
+    async def post(self):
+        from . import venvs
+
+        body = self.json_body()
+        try:
+            name = venvs.venv_name(body.get("name"))
+        except ValidationError as e:
+            raise ApiError(400, e.message, "name") from None
+        image = await self.call(self.ext.cells.resolve_image(body.get("image")))
+        if os.path.lexists(os.path.join(venvs.venv_root(self.ext.cells.home), name)):
+            raise ApiError(409, f"a venv {name!r} exists already", "name")
+        mode = await self.ext.cells.runtime_mode()
+        info = await self.call(venvs.create(
+            self.ext.cells.home, name, image.id, image.path, apptainer=self.ext.catalog.apptainer,
+            python=self.ext.image_python, runtime=mode, timeout=self.ext.venv_create_timeout,
+        ))
+        self.log.info("venv %s created from image %s", name, image.id)
+        self.reply(info, 201)
+
+
+class VenvHandler(HPCHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, name: str):
+        self.reply(self._describe(name))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str):
+        from . import venvs
+
+        self._describe(name)
+        await asyncio.get_running_loop().run_in_executor(None, venvs.remove, self.ext.cells.home, name)
+        self.set_status(204)
+        self.finish()
+
+    def _describe(self, name: str) -> Dict[str, Any]:
+        from . import venvs
+
+        try:
+            venvs.venv_name(name)
+        except ValidationError as e:
+            raise ApiError(400, e.message, "name") from None
+        try:
+            return venvs.describe(self.ext.cells.home, name)
+        except ValidationError as e:
+            raise ApiError(404, e.message, "name") from None
+
+
 def handlers():
     """URL patterns relative to the server's base URL."""
     return [
@@ -576,4 +674,8 @@ def handlers():
         (rf"/{API}/services", ServicesHandler),
         (rf"/{API}/services/{JOB_ID}", ServiceHandler),
         (rf"/{API}/services/{JOB_ID}/shares", ServiceSharesHandler),
+        (rf"/{API}/services/{JOB_ID}/instance", ServiceInstanceHandler),
+        (rf"/{API}/builds", BuildsHandler),
+        (rf"/{API}/venvs", VenvsHandler),
+        (rf"/{API}/venvs/(?P<name>[^/]+)", VenvHandler),
     ]

@@ -12,7 +12,7 @@ Layout of a generated script::
     export NAME=<quoted literal>    (optional, non-secret literals)
     <fixed helper functions>
     <setup argv lines>              (optional)
-    jhpc_node_info                  (stderr: "jupyter-hpc: node=... cpus=... cpu_model=...")
+    jhpc_node_info EXCL FILE PRINT  (run record; stderr: "jupyter-hpc: node=... cpus=... exclusive=... cpu_model=...")
     PORT=$(jhpc_pick_port LO HI)    (optional port hand-off, see below)
     export APPTAINERENV_NAME="$NAME" for each named variable present in the job environment
     printf 'jupyter-hpc: starting container %s on %s\\n' IMAGE NODE >&2
@@ -96,9 +96,28 @@ jhpc_pick_port() {
     return 1
 }
 jhpc_node_info() {
-    local model
+    # the run record: where the job ran, on which CPU, whether it had the node to itself
+    # $1: exclusive (yes/no/unknown), $2: JSON file to write ('' = none), $3: yes = print the marker line
+    local model node cpus ncpus alloc excl job
     model=$(grep -m1 -i '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
-    printf 'jupyter-hpc: node=%s cpus=%s cpu_model=%s\n' "$(hostname -s)" "$(nproc 2>/dev/null || echo '?')" "${model:-unknown}" >&2
+    model=$(printf '%s' "${model:-unknown}" | tr -d '"\\' | tr -c '[:print:]' ' ')
+    node=$(hostname -s)
+    cpus=$(nproc 2>/dev/null || true); cpus=${cpus//[^0-9]/}; cpus=${cpus:-0}
+    ncpus=$(nproc --all 2>/dev/null || true); ncpus=${ncpus//[^0-9]/}; ncpus=${ncpus:-0}
+    alloc=${SLURM_CPUS_ON_NODE:-}; alloc=${alloc//[^0-9]/}; alloc=${alloc:-0}
+    job=${SLURM_JOB_ID:-}; job=${job//[^0-9_]/}
+    excl=${1:-unknown}
+    if [ "${3:-yes}" = yes ]; then
+        # the CPU model goes last: it contains spaces
+        printf 'jupyter-hpc: node=%s cpus=%s node_cpus=%s alloc_cpus=%s exclusive=%s job=%s cpu_model=%s\n' \
+            "$node" "$cpus" "$ncpus" "$alloc" "$excl" "$job" "$model" >&2
+    fi
+    if [ -n "${2:-}" ]; then
+        case "$excl" in yes) excl=true ;; no) excl=false ;; *) excl=null ;; esac
+        (umask 077 && printf '{"node": "%s", "cpus": %s, "node_cpus": %s, "alloc_cpus": %s, "exclusive": %s, "job_id": "%s", "cpu_model": "%s"}\n' \
+            "$node" "$cpus" "$ncpus" "$alloc" "$excl" "$job" "$model" > "$2") || echo "jupyter-hpc: could not write the run record" >&2
+    fi
+    return 0
 }
 """.strip("\n")
 
@@ -159,6 +178,10 @@ def build_container_script(
     directives: Sequence[str] = (),
     node_info: bool = True,
     runtime: str = "apptainer",
+    exclusive: Optional[bool] = None,
+    record_file: Optional[str] = None,
+    venv: Optional[str] = None,
+    instance: bool = False,
 ) -> str:
     """The batch script that runs ``argv`` inside ``image`` with ``apptainer exec``.
 
@@ -175,6 +198,23 @@ def build_container_script(
     - ``exec_``: replace the shell by apptainer (signals from Slurm reach it directly).
     - ``runtime``: ``"apptainer"`` or ``"host"`` (run ``argv`` directly on the node; container
       options are ignored, exports and named variables are simply part of the job environment).
+    - ``node_info``: print the run record on stderr as one marker line
+      (``jupyter-hpc: node=N cpus=C node_cpus=T alloc_cpus=A exclusive=yes|no|unknown job=J
+      cpu_model=...``; see :func:`run_record`).
+    - ``exclusive``: whether the job was submitted with ``--exclusive``
+      (:attr:`slurm.JobRequest.exclusive`), written into the run record as given
+      (``None``: ``unknown``). The script asks Slurm nothing.
+    - ``record_file``: also write the run record as JSON (mode 0600) to this path
+      (read it with :func:`read_run_record`); written even when ``node_info`` is
+      false, so a job can keep its stderr clean.
+    - ``venv``: an already resolved user venv (:func:`jupyter_hpc.venvs.resolve`), bound
+      into the container (read-write), ``VIRTUAL_ENV`` set and ``VENV/bin`` put first on
+      the container's ``PATH`` (``APPTAINERENV_PREPEND_PATH``; host runtime: ``PATH``).
+    - ``instance``: start the image as an Apptainer instance ``jhpc-JOBID``
+      (:func:`instance_for_job`; ``apptainer instance start`` with the container
+      options) and run ``argv`` inside it (``apptainer exec instance://jhpc-JOBID``).
+      The shell stays (``exec_`` is ignored) and stops the instance when the job ends
+      (``apptainer instance stop``; also on ``scancel``). Not with ``runtime="host"``.
     """
     _apptainer.check_runtime(runtime)
     host_runtime = runtime == "host"
@@ -185,12 +225,26 @@ def build_container_script(
         raise ValidationError("host", f"{host!r} is not one of {', '.join(HOST_EXPRESSIONS)}")
     names = [validate.env_name(n) for n in env_names]
     literal = {validate.env_name(k): str(v) for k, v in (exports or {}).items()}
+    binds = list(binds)
+    if venv is not None:
+        venv = _apptainer.check_path(venv, "venv").rstrip("/")
+        if not venv:
+            raise ValidationError("venv", "must not be /")
+        binds.append((venv, venv, "rw"))
+        literal["VIRTUAL_ENV"] = venv
 
     lines: List[slurm.ScriptItem] = [Line(_HELPERS)]
     for step in setup:
         lines.append(list(step))
-    if node_info:
-        lines.append(Line("jhpc_node_info"))
+    if exclusive is not None:
+        exclusive = validate.boolean(exclusive, "exclusive")
+    if record_file is not None:
+        record_file = _apptainer.check_path(record_file, "record file")
+    if node_info or record_file:
+        excl = "unknown" if exclusive is None else ("yes" if exclusive else "no")
+        lines.append(Line(
+            f"jhpc_node_info {excl} {shlex.quote(record_file or '')} {'yes' if node_info else 'no'}"
+        ))
     if port:
         prefix = comment if comment else slurm.COMMENT_PREFIX
         prefix = validate.safe_text(prefix, "comment", 150)
@@ -207,8 +261,12 @@ def build_container_script(
         lines.append(Line("export APPTAINERENV_PORT=\"$PORT\""))
         lines.append(Line(f'jhpc_record_port {shlex.quote(prefix)} "$JHPC_HOST" "$PORT"'))
         lines.append(Line('echo "jupyter-hpc: port=$PORT host=$JHPC_HOST" >&2'))
+    if instance and host_runtime:
+        raise ValidationError("instance", "Apptainer instances need containers (the runtime is 'host')")
     if host_runtime:
         full = _apptainer.command_argv(image, argv, runtime="host")
+        if venv is not None:
+            lines.append(Line('export PATH="$VIRTUAL_ENV/bin:$PATH"'))
         if pwd:
             lines.append(["cd", "--", _apptainer.check_path(pwd, "pwd")])
         lines.append(Line(f"printf 'jupyter-hpc: runtime=host image=%s node=%s\\n' {shlex.quote(image)} \"$(hostname -s)\" >&2"))
@@ -216,6 +274,9 @@ def build_container_script(
         return slurm.batch_script(lines, exports=literal, directives=directives)
     for name in literal:
         lines.append(Line(f'export APPTAINERENV_{name}="${name}"'))
+    if venv is not None:
+        # apptainer puts APPTAINERENV_PREPEND_PATH in front of the image's own PATH
+        lines.append(Line('export APPTAINERENV_PREPEND_PATH="$VIRTUAL_ENV/bin"'))
     for name in names:
         lines.append(Line(f'if [ -n "${{{name}+x}}" ]; then export APPTAINERENV_{name}="${name}"; fi'))
 
@@ -234,8 +295,55 @@ def build_container_script(
         apptainer=apptainer,
     )
     lines.append(Line(f"printf 'jupyter-hpc: starting container %s on %s\\n' {shlex.quote(image)} \"$(hostname -s)\" >&2"))
+    if instance:
+        lines.extend(_instance_lines(image, argv, full, apptainer=apptainer, binds=binds, nv=nv, cleanenv=cleanenv,
+                                     containall=containall, home=home, writable=writable, extra=apptainer_extra,
+                                     expand_port=port))
+        return slurm.batch_script(lines, exports=literal, directives=directives)
     lines.append(command_line(full, expand_port=port, exec_=exec_))
     return slurm.batch_script(lines, exports=literal, directives=directives)
+
+
+INSTANCE_PREFIX = "jhpc-"
+_INSTANCE_WORD = '"$JHPC_INSTANCE"'
+
+_INSTANCE_HELPERS = r"""
+jhpc_instance_stop() {
+    trap - EXIT TERM INT
+    if [ -n "${JHPC_CHILD:-}" ]; then kill -TERM "$JHPC_CHILD" 2>/dev/null || true; fi
+    "$JHPC_APPTAINER" instance stop "$JHPC_INSTANCE" >&2 2>/dev/null || true
+    echo "jupyter-hpc: instance $JHPC_INSTANCE stopped" >&2
+}
+""".strip("\n")
+
+
+def instance_for_job(job_id: Any) -> str:
+    """The name of the Apptainer instance a service job starts: ``jhpc-JOBID``."""
+    return _apptainer.instance_name(INSTANCE_PREFIX + validate.job_id(job_id))
+
+
+def _instance_lines(image, argv, full, *, apptainer, binds, nv, cleanenv, containall, home, writable, extra,
+                    expand_port) -> List[slurm.ScriptItem]:
+    start = _apptainer.instance_start_argv(image, "placeholder", binds=binds, nv=nv, cleanenv=cleanenv,
+                                           containall=containall, home=home, writable=writable, extra=extra,
+                                           apptainer=apptainer)
+    start_words = [shlex.quote(w) for w in start[:-1]] + [_INSTANCE_WORD]
+    # the command: the exec argv with the image replaced by the instance (options stay: --pwd, --nv ...)
+    words = [quote_word(a, expand_port) for a in full]
+    words[len(full) - len(argv) - 1] = '"instance://$JHPC_INSTANCE"'
+    return [
+        Line("JHPC_APPTAINER=" + shlex.quote(apptainer)),
+        Line('JHPC_INSTANCE="' + INSTANCE_PREFIX + '${SLURM_JOB_ID//[^0-9_]/}"'),
+        Line(_INSTANCE_HELPERS),
+        Line("trap jhpc_instance_stop EXIT"),
+        Line("trap 'exit 143' TERM INT"),
+        Line(" ".join(start_words) + " >&2"),
+        Line('echo "jupyter-hpc: instance=$JHPC_INSTANCE" >&2'),
+        # in the background, so that a TERM from Slurm runs the trap at once
+        Line(" ".join(words) + " &"),
+        Line("JHPC_CHILD=$!"),
+        Line('wait "$JHPC_CHILD"'),
+    ]
 
 
 _MARKER_KV = re.compile(r"(\w+)=(.*?)(?=\s\w+=|$)")
@@ -261,6 +369,61 @@ def parse_markers(text: str) -> Dict[str, str]:
         for key, value in _MARKER_KV.findall(body):
             info[key] = value.strip()
     return info
+
+
+_BOOL_WORDS = {"yes": True, "true": True, "no": False, "false": False}
+_RECORD_INTS = ("cpus", "node_cpus", "alloc_cpus")
+
+
+def run_record(text: str) -> Dict[str, Any]:
+    """The run record of a job from its stderr (the ``node_info`` marker line).
+
+    Returns ``{"node", "cpu_model", "cpus", "node_cpus", "alloc_cpus", "exclusive",
+    "job_id"}``: ints for the counts (``cpus``: CPUs the job's processes may use,
+    ``node_cpus``: CPUs of the node, ``alloc_cpus``: CPUs Slurm allocated on the node),
+    ``True``/``False``/``None`` (not known) for ``exclusive``. Keys the job did not
+    print are absent; ``{}`` when the output holds no record.
+    """
+    markers = parse_markers(text)
+    if "cpu_model" not in markers:
+        return {}
+    record: Dict[str, Any] = {}
+    for key in ("node", "cpu_model"):
+        if markers.get(key):
+            record[key] = markers[key]
+    for key in _RECORD_INTS:
+        if markers.get(key, "").isdigit():
+            record[key] = int(markers[key])
+    if "exclusive" in markers:
+        record["exclusive"] = _BOOL_WORDS.get(markers["exclusive"].lower())
+    if markers.get("job"):
+        record["job_id"] = markers["job"]
+    return record
+
+
+def read_run_record(path: str) -> Optional[Dict[str, Any]]:
+    """The JSON run record a job wrote to ``record_file`` (``None`` when missing or unreadable).
+
+    Only the known keys with values of the expected types are returned.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    record: Dict[str, Any] = {}
+    for key in ("node", "cpu_model", "job_id"):
+        if isinstance(data.get(key), str) and data[key]:
+            record[key] = data[key][:300]
+    for key in _RECORD_INTS:
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            record[key] = value
+    if data.get("exclusive", "missing") in (True, False, None):
+        record["exclusive"] = data["exclusive"]
+    return record
 
 
 def port_file(home: str, job_id: Any) -> str:
@@ -290,6 +453,9 @@ __all__ = [
     "command_line",
     "quote_word",
     "parse_markers",
+    "run_record",
+    "instance_for_job",
+    "read_run_record",
     "read_port_file",
     "port_file",
 ]

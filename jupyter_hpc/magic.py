@@ -9,9 +9,14 @@ Jupyter server needed) through the same submission code as the REST API
 
 Options: ``--image`` (id from the image catalog, or a path inside an allowed
 image directory), ``--partition``, ``--gpus``, ``--cpus``, ``--mem``,
-``--time``, ``--exclusive``, ``--wait`` (show the outputs here when the job
+``--time``, ``--venv NAME`` (the user's venv ``~/.jupyter-hpc/venvs/NAME`` first on the path,
+see :mod:`jupyter_hpc.venvs`), ``--exclusive`` (the whole node, for clean measurements; the job's run record
+- node, CPU model, CPU counts, exclusive - is shown when it ends), ``--wait`` (show the outputs here when the job
 runs; otherwise the job id is shown and ``%hpc output JOBID`` fetches them later).
 The options line is taken literally (no IPython ``$name``/``{expr}`` expansion).
+``%hpc build NAME --definition FILE | --sandbox DIR [--force] [--wait]`` builds a SIF into
+``~/images`` as a job (:mod:`jupyter_hpc.builds`); ``%hpc venv create NAME --image IMAGE``,
+``%hpc venv list``, ``%hpc venv remove NAME`` manage venvs (:mod:`jupyter_hpc.venvs`).
 Line magic: ``%hpc jobs`` (own jobs, with the live vitals of running ones: CPU load,
 memory now and peak, elapsed time of the limit, GPU use), ``%hpc stats JOBID`` (the
 vitals of one job in detail), ``%hpc output JOBID``, ``%hpc cancel JOBID``.
@@ -72,7 +77,33 @@ def cell_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem", dest="memory")
     p.add_argument("--time")
     p.add_argument("--exclusive", action="store_true")
+    p.add_argument("--venv")
     p.add_argument("--wait", action="store_true")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``%hpc build NAME (--definition FILE | --sandbox DIR) [--force] [--fakeroot|--no-fakeroot] [--wait]``."""
+    p = _Parser(prog="%hpc build", add_help=False)
+    p.add_argument("name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--definition")
+    src.add_argument("--sandbox")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--fakeroot", action="store_true", default=None)
+    p.add_argument("--no-fakeroot", dest="fakeroot", action="store_false")
+    p.add_argument("--partition")
+    p.add_argument("--time")
+    p.add_argument("--wait", action="store_true")
+    return p
+
+
+def venv_parser() -> argparse.ArgumentParser:
+    """``%hpc venv create NAME --image IMAGE`` / ``%hpc venv list`` / ``%hpc venv remove NAME``."""
+    p = _Parser(prog="%hpc venv", add_help=False)
+    p.add_argument("action", choices=["create", "list", "remove"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--image")
     return p
 
 
@@ -155,13 +186,34 @@ def _show_output(out: dict) -> None:
         sys.stderr.flush()
 
 
+def _print_new(path: str, offset: int) -> int:
+    """Print what was appended to ``path`` since ``offset``; returns the new offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return offset
+    if data:
+        sys.stdout.write(data.decode(errors="replace"))
+        sys.stdout.flush()
+    return offset + len(data)
+
+
+def describe_run(run: dict) -> str:
+    """One line from a run record: ``ran on vm (Intel Xeon, 32 of 32 CPUs allocated, exclusive)``."""
+    excl = {True: "exclusive", False: "shared node", None: "exclusive: unknown"}[run.get("exclusive")]
+    cpus = f"{run.get('alloc_cpus', '?')} of {run.get('node_cpus', '?')} CPUs allocated"
+    return f"ran on {run.get('node', '?')} ({run.get('cpu_model', 'unknown CPU')}, {cpus}, {excl})"
+
+
 def jobs_table(jobs_and_vitals) -> list:
     """Rows (header first) of ``%hpc jobs``: one per job, vitals columns for running jobs."""
     from .vitals import format_seconds, summary_line
 
     rows = [("JOBID", "NAME", "KIND", "STATE", "PARTITION", "NODES", "TIME/LIMIT", "CPU", "MEMORY (PEAK)", "GPU")]
     for j, v in jobs_and_vitals:
-        kind = j.kind if j.kind in ("cell", "service", "kernel", "server") else "other"
+        kind = j.kind if j.kind in ("cell", "service", "kernel", "server", "build") else "other"
         if v is not None:
             cols = summary_line(v)
         else:
@@ -233,6 +285,8 @@ def _load_magics():
                 since = state.next
                 if state.done:
                     print(f"job {job_id}: {state.state}", flush=True)
+                    if state.run:
+                        print(f"job {job_id}: {describe_run(state.run)}", flush=True)
                     return None
                 time.sleep(POLL_SECONDS)
 
@@ -246,6 +300,10 @@ def _load_magics():
                 v = _run_async(self.runtime.job_vitals(validate.job_id(words[1])))
                 print("\n".join(describe(v)))
                 return None
+            if words[0] == "build":
+                return self._build(words[1:])
+            if words[0] == "venv":
+                return self._venv(words[1:])
             if words[0] in ("output", "cancel") and len(words) == 2:
                 job_id = validate.job_id(words[1])
                 if words[0] == "output":
@@ -254,7 +312,64 @@ def _load_magics():
                 print(f"job {job_id}: cancel requested")
                 return None
             print("usage: %hpc jobs | %hpc stats JOBID | %hpc output JOBID | %hpc cancel JOBID | "
+                  "%hpc build NAME --definition FILE|--sandbox DIR [--wait] | "
+                  "%hpc venv create NAME --image IMAGE|list|remove NAME | "
                   "%%hpc --image IMAGE [options]", file=sys.stderr)
+            return None
+
+        def _build(self, words):
+            from . import builds
+
+            ns = build_parser().parse_args(words)
+            rt = self.runtime
+            body = {"name": ns.name, "force": ns.force, "fakeroot": ns.fakeroot, "partition": ns.partition,
+                    "time": ns.time}
+            for key in ("definition", "sandbox"):
+                value = getattr(ns, key)
+                if value:
+                    body[key] = os.path.join(os.getcwd(), value)
+            result = _run_async(builds.submit(rt.cells, body, [rt.cells.home], apptainer=rt.catalog.apptainer))
+            print(f"Submitted build of {result['image']} as job {result['job_id']} (log: {result['log']})", flush=True)
+            if not ns.wait:
+                return None
+            offset = 0
+            while True:
+                info = _run_async(rt.slurm.squeue(job_ids=[result["job_id"]])).get(result["job_id"])
+                offset = _print_new(result["log"], offset)
+                if info is None or info.is_finished:
+                    offset = _print_new(result["log"], offset)
+                    print(f"job {result['job_id']}: {info.state if info else 'ENDED'}", flush=True)
+                    return None
+                time.sleep(POLL_SECONDS * 2)
+
+        def _venv(self, words):
+            from . import venvs
+
+            ns = venv_parser().parse_args(words)
+            rt = self.runtime
+            home = rt.cells.home
+            if ns.action == "list":
+                for v in venvs.list_venvs(home):
+                    print(f"{v['name']}  {v['path']}  image={v['image'] or '?'}  python={v['python'] or '?'}")
+                return None
+            if not ns.name:
+                raise ValidationError("venv", "a name is required")
+            if ns.action == "remove":
+                venvs.remove(home, ns.name)
+                print(f"Removed venv {ns.name}")
+                return None
+            if not ns.image:
+                raise ValidationError("image", "--image IMAGE is required")
+
+            async def create():
+                img = await rt.cells.resolve_image(ns.image)
+                mode = await rt.cells.runtime_mode()
+                return await venvs.create(home, ns.name, img.id, img.path, apptainer=rt.catalog.apptainer,
+                                          python=rt.cells.image_python, runtime=mode)
+
+            info = _run_async(create())
+            print(f"Created venv {info['name']} in {info['path']} (Python {info['python'] or '?'}); "
+                  f"use it with %%hpc --venv {info['name']}")
             return None
 
         def _jobs(self):

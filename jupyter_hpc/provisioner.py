@@ -306,6 +306,15 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         "Jupyter restart the kernel automatically in a new job. When False (default) the kernel is "
         "reported dead instead, so a time limit is not silently turned into a fresh kernel.",
     )
+    venv = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Name of one of the user's Python venvs (~/.jupyter-hpc/venvs/NAME, created with "
+        "'jupyter hpc venv create NAME --image IMAGE'): bound into the container and first on the "
+        "kernel's PATH, so packages installed there are importable. Only venvs inside the user's own "
+        "venv directory are used (symlinks resolved).",
+    )
     job_name = Unicode("jupyter-kernel", config=True, help="Slurm job name of kernel jobs.")
     extra_apptainer = TList(
         Unicode(),
@@ -494,6 +503,11 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         (containers unavailable) the script runs ``ARGV`` directly on the node.
         """
         binds = [parse_bind(b) for b in self.binds]
+        venv = None
+        if self.venv:
+            from . import venvs
+
+            venv = venvs.resolve(os.path.expanduser("~"), self.venv)
         return jobscript.build_container_script(
             image,
             argv,
@@ -505,6 +519,7 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
             env_names=exports,
             exec_=True,
             runtime=runtime,
+            venv=venv,
         )
 
     async def runtime_mode(self) -> str:
@@ -572,6 +587,10 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         self._runtime_mode = await self.runtime_mode()
         for bind in self.binds:
             parse_bind(bind)
+        if self.venv:
+            from . import venvs
+
+            venvs.resolve(os.path.expanduser("~"), self.venv)
         cwd = kwargs.get("cwd")
         workdir = None
         if isinstance(cwd, str) and cwd.startswith("/") and os.path.isdir(cwd):

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import validate
 from .celljob import SERVICE_JOB_NAME, comment_value, expand_home, clean_env, job_request
-from .jobscript import build_container_script
+from .jobscript import build_container_script, instance_for_job
 from .slurm import JobInfo, make_comment
 from .validate import ValidationError
 
@@ -124,6 +124,8 @@ class ServiceManager:
             name = name.lstrip("-.") or "service"
         name = validate.name(name, "name")
         image = await self.cells.resolve_image(body.get("image"))
+        venv = self.cells.resolve_venv(body.get("venv"))
+        instance = validate.boolean(body.get("instance", False), "instance")
         raw = dict(body)
         if raw.get("time") in (None, ""):
             raw["time"] = self.default_time
@@ -140,6 +142,8 @@ class ServiceManager:
         comment = make_comment(kind="service", name=name, image=comment_value(image.id))
         argv = self.cells.image_python + ["-m", "jupyter_hpc.services"] + command
         mode = await self.cells.runtime_mode()
+        if instance and mode == "host":
+            raise ValidationError("instance", "Apptainer instances need containers; they cannot run on this host")
         script = build_container_script(
             image.path,
             argv,
@@ -149,6 +153,9 @@ class ServiceManager:
             exports={"JUPYTER_HPC_PROXY_PREFIX": self.proxy_prefix},
             env_names=("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES"),
             runtime=mode,
+            exclusive=req.exclusive,
+            venv=venv,
+            instance=instance,
         )
         os.makedirs(os.path.dirname(self.services_dir), mode=0o700, exist_ok=True)
         os.makedirs(self.services_dir, mode=0o700, exist_ok=True)
@@ -157,12 +164,14 @@ class ServiceManager:
         job_id = await self.slurm.submit(req, script, env=clean_env())
         record = {"job_id": job_id, "name": name, "image": image.id, "command": command, "created": time.time(),
                   "runtime": mode}
+        if instance:
+            record["instance"] = instance_for_job(job_id)
         fd = os.open(self._record_path(job_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w", encoding="utf-8") as f:
             json.dump(record, f)
         self.log.info("service %s (%s) submitted as job %s", name, image.id, job_id)
         return {"job_id": job_id, "name": name, "state": "PENDING", "node": None, "url": self.url(job_id),
-                "image": image.id, "command": command, "ready": False}
+                "image": image.id, "command": command, "ready": False, "instance": record.get("instance")}
 
     async def list(self) -> List[dict]:
         records = self._records()
@@ -187,6 +196,7 @@ class ServiceManager:
             "image": rec.get("image"),
             "command": rec.get("command"),
             "ready": bool(info and info.is_running and self.endpoint_of(info)),
+            "instance": rec.get("instance") if isinstance(rec.get("instance"), str) else None,
         }
 
     async def get(self, job_id: Any) -> dict:
@@ -196,6 +206,29 @@ class ServiceManager:
             raise LookupError(f"job {job_id} is not a service of {self.username}")
         info = await self.cells.job_info(job_id, max_age=0)
         return self.describe(job_id, rec, info)
+
+    async def instance(self, job_id: Any) -> dict:
+        """The Apptainer instance of a running service job, as ``apptainer instance list --json NAME``
+        reports it inside the job (an overlapping step on the job's node, as the user).
+
+        ``{"job_id", "instance", "running", "instances": [{"instance", "pid", "img", ...}]}``;
+        :class:`LookupError` when the job is not a service started as an instance.
+        """
+        from .apptainer import instance_list_argv, parse_instance_list
+
+        job_id = validate.job_id(job_id)
+        rec = self.record(job_id)
+        if rec is None or not isinstance(rec.get("instance"), str):
+            raise LookupError(f"job {job_id} is not a service of {self.username} running as an Apptainer instance")
+        name = instance_for_job(job_id)
+        info = await self.cells.job_info(job_id, max_age=0)
+        if info is None or not info.is_running:
+            return {"job_id": job_id, "instance": name, "running": False, "instances": []}
+        res = await self.slurm.run_in_job(job_id, instance_list_argv(name, apptainer=getattr(self.cells.catalog, "apptainer", "apptainer")), node=info.node)
+        found = [i for i in parse_instance_list(res.stdout) if i.get("instance") == name]
+        keep = ("instance", "pid", "img", "ip", "logOutPath", "logErrPath")
+        return {"job_id": job_id, "instance": name, "running": bool(found),
+                "instances": [{k: i.get(k) for k in keep if k in i} for i in found]}
 
     async def stop(self, job_id: Any) -> bool:
         job_id = validate.job_id(job_id)

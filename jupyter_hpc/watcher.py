@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import validate
 from .cluster import AccountingUnavailable, SlurmClient, SlurmError, SlurmUnavailable
@@ -109,6 +109,7 @@ class JobWatcher:
         self.use_sacct = use_sacct
         self.counters: Dict[str, int] = {"polls": 0, "squeue": 0, "sacct": 0, "failures": 0}
         self._entries: Dict[str, _Entry] = {}
+        self._on_end: Dict[str, List[Callable[[JobStatus], Any]]] = {}
         self._snapshot: Dict[str, JobInfo] = {}
         self._snapshot_time: Optional[float] = None
         self._accounting_disabled = False
@@ -172,6 +173,25 @@ class JobWatcher:
         entry.refs -= 1
         if entry.refs <= 0:
             del self._entries[jid]
+            self._on_end.pop(jid, None)
+
+    def on_end(self, job_id: Any, callback: Callable[[JobStatus], Any]) -> None:
+        """Call ``callback(status)`` once, in the event loop, right after the first poll that
+        finds the tracked job ``job_id`` finished or gone (dropped when the job is untracked)."""
+        jid = validate.job_id(job_id)
+        self._on_end.setdefault(jid, []).append(callback)
+
+    def _fire_ended(self) -> None:
+        for jid in list(self._on_end):
+            entry = self._entries.get(jid)
+            if entry is None:
+                self._on_end.pop(jid, None)
+            elif entry.status.is_finished:
+                for callback in self._on_end.pop(jid):
+                    try:
+                        callback(entry.status)
+                    except Exception:  # noqa: BLE001 - one listener must not stop the watcher
+                        log.exception("job end callback for %s failed", jid)
 
     def tracked(self) -> List[str]:
         return list(self._entries)
@@ -363,6 +383,7 @@ class JobWatcher:
             else:
                 last = entry.status.info
                 entry.status = JobStatus(jid, GONE, last, now)
+        self._fire_ended()
         self._notify()
 
     def _failed(self, err: Exception) -> None:

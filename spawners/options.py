@@ -21,7 +21,7 @@ from jupyter_hpc import validate
 from jupyter_hpc.validate import ValidationError
 
 #: Keys a user may set. Anything else is refused (a typo must not be ignored silently).
-OPTION_KEYS = ("profile", "image", "partition", "gpus", "gpu_type", "cpus", "memory", "time", "account")
+OPTION_KEYS = ("profile", "image", "partition", "gpus", "gpu_type", "cpus", "memory", "time", "account", "venv")
 
 #: Keys an admin may put in a profile's ``defaults`` and ``limits``.
 DEFAULT_KEYS = ("image", "partition", "gpus", "gpu_type", "cpus", "memory", "time", "account")
@@ -130,6 +130,8 @@ class SpawnOptions:
     gpu_type: Optional[str] = None
     account: Optional[str] = None
     profile: Optional[str] = None
+    #: name of one of the user's venvs (``~/.jupyter-hpc/venvs/NAME``), first on the server's path
+    venv: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -292,7 +294,17 @@ def _resolve(
         shown = ", ".join(allowed_ids[:10]) or "(none)"
         raise ValidationError("image", f"{_short(image_id)} is not an image you may use; choose one of: {shown}")
 
+    # --- venv (the name only; the spawner resolves it inside the user's venv directory) ---
+    venv = raw.get("venv")
+    if _present(venv):
+        from jupyter_hpc.venvs import venv_name
+
+        venv = venv_name(venv)
+    else:
+        venv = None
+
     return SpawnOptions(
+        venv=venv,
         image_id=image_id,
         partition=part_name,
         cpus=cpus,
@@ -434,5 +446,8 @@ def render_form(
                       "", shown_defaults.get("time")))
     out.append(_input("account", "Account (optional)", chosen.get("account"), "text",
                       "Slurm account to charge; empty for your default.", "", shown_defaults.get("account")))
+    out.append(_input("venv", "Python venv (optional)", chosen.get("venv"), "text",
+                      "Name of one of your venvs in ~/.jupyter-hpc/venvs (jupyter hpc venv create NAME --image IMAGE); "
+                      "empty: the image's own packages only."))
     out.append("</div>")
     return "\n".join(out)

@@ -35,6 +35,7 @@ from tornado import web
 from traitlets import Bool, Dict as DictTrait, Float, Integer, List as ListTrait, Unicode, default, validate as validate_trait
 
 from jupyter_hpc import hosttools, jobscript, process, slurm, validate
+from jupyter_hpc.cluster import SlurmUnavailable
 from jupyter_hpc.images import CATALOG_ENV
 from jupyter_hpc.validate import ValidationError
 
@@ -503,6 +504,14 @@ class ApptainerSlurmSpawner(SlurmSpawner):
             comment=comment,
         )
         env = self._container_env()
+        venv = None
+        if chosen.venv:
+            from jupyter_hpc import venvs
+
+            try:
+                venv = venvs.resolve(home, chosen.venv)
+            except ValidationError as e:
+                raise invalid_options(e) from None
         argv = list(self.cmd) + [f"--ip={self.singleuser_ip}", "--port={port}"] + list(self.get_args())
         script = jobscript.build_container_script(
             image.path,
@@ -520,6 +529,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):
             comment=comment,
             host=self.host_from,
             directives=["--signal=B:TERM@30"],
+            venv=venv,
         )
         job_env = {"PATH": self.job_path, "LANG": os.environ.get("LANG", "C.UTF-8"), "USER": self.username, "HOME": home}
         job_env.update(env)
@@ -583,6 +593,21 @@ class ApptainerSlurmSpawner(SlurmSpawner):
         ep = self._last_info.endpoint if self._last_info else None
         return ep[0] if ep else (self._last_info.node if self._last_info else None)
 
+    def start_polling(self):
+        """The hub's periodic poll, plus a poll as soon as the shared watcher sees the job end.
+
+        The watcher's squeue runs every ``watcher_interval``; without this hook the hub would
+        learn of a dead job only at its next ``poll_interval`` tick after that.
+        """
+        super().start_polling()
+        if self.job_id:
+            self._track(self.job_id)
+            self.watcher.on_end(self.job_id, self._on_job_end)
+
+    def _on_job_end(self, status) -> None:
+        if self._poll_callback is not None and status.job_id == self.job_id:
+            asyncio.ensure_future(self.poll_and_notify())
+
     async def cancel_batch_job(self):
         await self.slurm_client.cancel(self.job_id, user=self.username)
 
@@ -620,6 +645,9 @@ class ApptainerSlurmSpawner(SlurmSpawner):
         self._submit_task = asyncio.ensure_future(self.submit_batch_script(chosen, image))
         try:
             job_id = await asyncio.shield(self._submit_task)
+        except SlurmUnavailable as e:
+            self._phase = "failed"
+            raise job_failed(f"Could not submit the server job: {short_error(e)}; try again shortly") from None
         except CommandFailure as e:
             self._phase = "failed"
             raise job_failed(f"Slurm refused the server job: {short_error(e)}") from None

@@ -338,7 +338,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
             gpus: choice.gpus,
             cpus: choice.cpus,
             memory: choice.memory,
-            time: choice.time
+            time: choice.time,
+            exclusive: !!choice.exclusive
           });
           void jobs.refresh().catch(() => undefined);
           Notification.info(`Submitted batch job ${jobId}.`, { autoClose: 3000 });
@@ -487,7 +488,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
             gpus: v.gpus,
             cpus: v.cpus,
             memory: v.memory,
-            time: v.time
+            time: v.time,
+            exclusive: !!v.exclusive,
+            instance: !!v.instance
           });
           Notification.info(
             `Service "${service.name}" submitted as job ${service.job_id}; open it from the HPC sidebar once it runs.`,

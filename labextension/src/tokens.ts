@@ -120,6 +120,19 @@ export interface ICellJobState {
   next: number;
   done: boolean;
   status: 'ok' | 'error' | null;
+  /** Where the job ran (written by the job when it starts); null before that. */
+  run?: IRunRecord | null;
+}
+
+/** The run record of a cell job: node, CPU model, CPU counts, exclusive. */
+export interface IRunRecord {
+  node?: string;
+  cpu_model?: string;
+  cpus?: number;
+  node_cpus?: number;
+  alloc_cpus?: number;
+  exclusive?: boolean | null;
+  job_id?: string;
 }
 
 export interface IService {
@@ -128,6 +141,8 @@ export interface IService {
   state: string;
   node: string | null;
   url: string | null;
+  /** Apptainer instance the service runs in (jhpc-JOBID), if started as one. */
+  instance?: string | null;
 }
 
 /** Body of `POST services`. */
@@ -140,6 +155,8 @@ export interface IServiceRequest {
   cpus?: number;
   memory?: string;
   time?: string;
+  exclusive?: boolean;
+  instance?: boolean;
 }
 
 /** User settings (`schema/plugin.json`). */

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { CellJob, ImagesModel, JobsModel, ServicesModel, sortJobs } from '../src/models';
+import { CellJob, describeRun, ImagesModel, JobsModel, ServicesModel, sortJobs } from '../src/models';
 import { IImage, IJob, isFinished } from '../src/tokens';
 import { apiPath, fakeServer } from './fakeserver';
 
@@ -359,5 +359,25 @@ describe('CellJob', () => {
     await done;
     expect(job.status.status).toBe('error');
     expect(job.error?.status).toBe(404);
+  });
+});
+
+describe('run record of a cell job', () => {
+  it('says whether the job had the node to itself, its CPUs and CPU model', () => {
+    const run = {
+      node: 'vm',
+      cpu_model: 'AMD EPYC 7763',
+      cpus: 32,
+      node_cpus: 32,
+      alloc_cpus: 32,
+      exclusive: true,
+      job_id: '7'
+    };
+    expect(describeRun(run)).toBe('whole node, 32 of 32 CPUs, AMD EPYC 7763');
+    expect(describeRun({ ...run, exclusive: false, alloc_cpus: 1 })).toBe(
+      'shared node, 1 of 32 CPUs, AMD EPYC 7763'
+    );
+    expect(describeRun({ node: 'vm', exclusive: null })).toBe('');
+    expect(describeRun(null)).toBe('');
   });
 });

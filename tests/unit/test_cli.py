@@ -103,3 +103,22 @@ def test_shipped_kernelspecs_are_valid():
         assert spec["interrupt_mode"] == "message"
     gpu = json.load(open(os.path.join(root, "hpc-python-gpu", "kernel.json")))
     assert gpu["metadata"]["kernel_provisioner"]["config"]["gpus"] == 1
+
+
+@pytest.mark.parametrize("option", ["--cpus", "--gpus"])
+@pytest.mark.parametrize("value", ["+1", " 1", "\uff11\uff12", "\u0663", "1.5"])
+def test_numbers_as_written(tmp_path, image, option, value, capsys):
+    rc = cli.main(["kernelspec", "install", "--name", "k", "--image", image, "--prefix", str(tmp_path),
+                   f"{option}={value}"])
+    assert rc == 2 and f"error: {option[2:]}" in capsys.readouterr().err
+
+
+def test_image_path_must_be_an_image(tmp_path):
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    (tmp_path / "link.sif").symlink_to(other)
+    for path in (other, tmp_path / "link.sif"):
+        with pytest.raises(ValidationError, match="not an image"):
+            cli.image_value(str(path))
+    with pytest.raises(ValidationError):
+        cli.image_value("-p")

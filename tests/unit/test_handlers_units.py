@@ -220,6 +220,37 @@ def test_openapi_spec_is_consistent():
         validate_schema({"job_id": "1", "state": "X", "outputs": [{"output_type": "bogus"}], "next": 0,
                          "done": True, "status": "ok"}, "CellState")
     validate_schema({"message": "bad", "field": None}, "Error")
+    run = {"node": "n1", "cpu_model": "AMD EPYC", "cpus": 32, "node_cpus": 32, "alloc_cpus": 32,
+           "exclusive": True, "job_id": "1"}
+    for value in (run, None, dict(run, exclusive=None)):
+        validate_schema({"job_id": "1", "state": "COMPLETED", "node": "n1", "next": 0, "done": True,
+                         "status": "ok", "outputs": [], "run": value}, "CellState")
+    with pytest.raises(AssertionError):
+        validate_schema(dict(run, cpus="32"), "RunRecord")
+
+
+def test_cell_state_carries_run_record(tmp_path):
+    import asyncio
+    import json
+
+    m = manager(tmp_path)
+    m._ensure_dirs()
+    token = "c" * 32
+    job_dir = os.path.join(m.jobs_dir, token)
+    os.mkdir(job_dir)
+    os.symlink(os.path.join("..", token), os.path.join(m.jobs_dir, "by-id", "42"))
+    with open(os.path.join(job_dir, "status.json"), "w") as f:
+        json.dump({"status": "ok"}, f)
+    state = asyncio.run(m.state("42"))
+    assert state.done and state.run is None and state.to_dict()["run"] is None
+    run = {"node": "n1", "cpu_model": "X", "cpus": 4, "node_cpus": 4, "alloc_cpus": 4, "exclusive": True,
+           "job_id": "42"}
+    with open(os.path.join(job_dir, celljob.RUN_RECORD), "w") as f:
+        json.dump(run, f)
+    state = asyncio.run(m.state("42"))
+    assert state.to_dict()["run"] == run and state.node == "n1"
+    validate_schema(state.to_dict(), "CellState")
+    assert magic.describe_run(run) == "ran on n1 (X, 4 of 4 CPUs allocated, exclusive)"
 
 
 def test_magic_options():

@@ -222,3 +222,23 @@ async def test_ensure_pulls_remote_once(layout):
     assert (await cat.resolve("cache:" + name, ME)).ref == "docker://127.0.0.1:5000/demo/tiny:latest"
     with pytest.raises(ImageNotFound):
         await cat.resolve("cache:missing.sif", ME)
+
+
+def test_check_local_image(tmp_path):
+    from jupyter_hpc.images import check_local_image
+
+    sif = tmp_path / "nb.sif"
+    sif.write_bytes(b"")
+    sandbox = tmp_path / "box"
+    (sandbox / ".singularity.d").mkdir(parents=True)
+    other = tmp_path / "passwd"
+    other.write_text("x")
+    (tmp_path / "escape.sif").symlink_to(other)
+    assert check_local_image(str(sif)) == str(sif)
+    assert check_local_image(str(sandbox)) == str(sandbox)
+    assert check_local_image(str(tmp_path / "only-on-nodes.sif")).endswith("only-on-nodes.sif")
+    for bad in (str(tmp_path / "escape.sif"), str(other), str(tmp_path), str(tmp_path / "box" / ".." / "nb.sif"),
+                "relative.sif", "-x.sif", str(sif) + "\n"):
+        with pytest.raises(ValidationError) as e:
+            check_local_image(bad)
+        assert e.value.field == "image"

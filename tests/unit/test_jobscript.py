@@ -161,3 +161,88 @@ def test_parse_markers():
     m = jobscript.parse_markers(text)
     assert m == {"node": "n1", "cpus": "2", "cpu_model": "AMD EPYC 7B13 64-Core Processor", "port": "2345",
                  "host": "n1", "started": "/i.sif"}
+
+
+@pytest.mark.parametrize("exclusive,word,value", [(True, "yes", True), (False, "no", False), (None, "unknown", None)])
+def test_run_record(stubs, tmp_path, exclusive, word, value):
+    record = tmp_path / "run.json"
+    script = jobscript.build_container_script(
+        "/i.sif", ["true"], apptainer=stubs["apptainer"], scontrol=stubs["scontrol"],
+        exclusive=exclusive, record_file=str(record),
+    )
+    res = _run(script, env={"SLURM_CPUS_ON_NODE": "32"}, tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert not stubs["log"].exists()  # the record asks Slurm nothing
+    assert f" exclusive={word} " in res.stderr
+    from_stderr = jobscript.run_record(res.stderr)
+    from_file = jobscript.read_run_record(str(record))
+    assert from_stderr == from_file
+    assert from_file["exclusive"] is value and from_file["alloc_cpus"] == 32 and from_file["job_id"] == "77"
+    assert from_file["node"] and from_file["cpu_model"] and from_file["cpus"] >= 1
+    assert from_file["node_cpus"] >= from_file["cpus"]
+    assert os.stat(record).st_mode & 0o777 == 0o600
+
+
+def test_run_record_file_only_and_refusals(stubs, tmp_path):
+    record = tmp_path / "run.json"
+    script = jobscript.build_container_script("/i.sif", ["true"], apptainer=stubs["apptainer"], node_info=False,
+                                              exclusive=True, record_file=str(record))
+    res = _run(script, tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert jobscript.run_record(res.stderr) == {}  # stderr stays clean
+    assert jobscript.read_run_record(str(record))["exclusive"] is True
+    script = jobscript.build_container_script("/i.sif", ["true"], node_info=False)
+    assert "jhpc_node_info " not in script.split("}\n")[-1]
+    for bad in ("relative.json", "/x,y", "-x", "/a\nb"):
+        with pytest.raises(ValidationError):
+            jobscript.build_container_script("/i.sif", ["true"], record_file=bad)
+    with pytest.raises(ValidationError):
+        jobscript.build_container_script("/i.sif", ["true"], exclusive="maybe")
+
+
+def test_read_run_record_keeps_only_known_typed_values(tmp_path):
+    path = tmp_path / "run.json"
+    assert jobscript.read_run_record(str(path)) is None
+    path.write_text("not json")
+    assert jobscript.read_run_record(str(path)) is None
+    path.write_text('{"node": "n1", "cpus": "2", "node_cpus": 8, "alloc_cpus": true, "exclusive": "yes", "x": 1}')
+    assert jobscript.read_run_record(str(path)) == {"node": "n1", "node_cpus": 8}
+    text = "jupyter-hpc: node=n1 cpus=2 node_cpus=8 alloc_cpus=8 exclusive=yes job=5 cpu_model=AMD EPYC 7B13\n"
+    assert jobscript.run_record(text) == {"node": "n1", "cpu_model": "AMD EPYC 7B13", "cpus": 2, "node_cpus": 8,
+                                          "alloc_cpus": 8, "exclusive": True, "job_id": "5"}
+    assert jobscript.run_record("jupyter-hpc: port=1 host=n1\n") == {}
+
+
+def test_instance_mode_starts_runs_in_and_stops_the_instance(tmp_path):
+    log = tmp_path / "calls"
+    app = _stub(tmp_path, "apptainer-inst",
+                f'printf "%s\\n" "$*" >> {shlex.quote(str(log))}\n'
+                'if [ "$1" = exec ] && [ -n "${SLOW:-}" ]; then exec sleep 30; fi\n')
+    script = jobscript.build_container_script(
+        "/i.sif", ["serve", "--port={port}", "a b"], apptainer=app, binds=[("/data", "/data", "ro")], pwd="/work",
+        scontrol=_stub(tmp_path, "sc", "exit 0\n"), port=True, instance=True,
+    )
+    res = _run(script, tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "instance start --cleanenv --bind /data:/data:ro /i.sif jhpc-77"
+    assert calls[1].startswith("exec --cleanenv --bind /data:/data:ro --pwd /work instance://jhpc-77 serve --port=")
+    assert calls[1].endswith(" a b") and calls[2] == "instance stop jhpc-77"
+    assert "jupyter-hpc: instance=jhpc-77" in res.stderr and "instance jhpc-77 stopped" in res.stderr
+    assert jobscript.instance_for_job("77") == "jhpc-77"
+
+    # scancel: TERM to the batch shell stops the instance at once
+    log.unlink()
+    proc = subprocess.Popen(["bash", "-c", script], env={"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+                                                         "SLURM_JOB_ID": "78", "SLOW": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (log.exists() and "exec" in log.read_text()):
+        time.sleep(0.1)
+    proc.terminate()
+    proc.communicate(timeout=20)
+    assert log.read_text().splitlines()[-1] == "instance stop jhpc-78"
+    with pytest.raises(ValidationError):
+        jobscript.build_container_script("/i.sif", ["x"], instance=True, runtime="host")

@@ -446,3 +446,25 @@ def test_factory_builds_from_kernelspec(tmp_path):
     p = factory.create_provisioner_instance(KERNEL_ID, spec, parent=None)
     assert isinstance(p, prov.SlurmApptainerProvisioner)
     assert (p.image, p.partition, p.gpus) == ("/i.sif", "gpu", 1)
+
+
+def test_wrong_setting_type_is_a_short_400(tmp_path):
+    with pytest.raises(prov.KernelJobError) as e:
+        make(tmp_path, cpus="A" * 100000)
+    assert e.value.status_code == 400 and "cpus" in str(e.value) and len(str(e.value)) < 500
+
+
+async def test_launch_checks_the_partition_before_submitting(tmp_path):
+    p = make(tmp_path, gpus=1, gpu_type="nosuch")
+    kw = await p.pre_launch(env={})
+    slurm, watcher = FakeSlurm(), FakeWatcher()
+
+    async def check_request(req):
+        raise ValidationError("gpus", "partition 'gpu' has at most 0 'nosuch' GPUs per node (tesla: 2)")
+
+    slurm.check_request = check_request
+    wire(p, slurm, watcher)
+    with pytest.raises(prov.KernelJobError) as e:
+        await p.launch_kernel(kw.pop("cmd"), **kw)
+    assert e.value.status_code == 400 and "nosuch" in str(e.value)
+    assert slurm.submitted == [] and not os.path.exists(p.connection_file)

@@ -187,3 +187,35 @@ def test_track_outside_event_loop_starts_later(fake):
         assert asyncio.run(later()) == KNOWN
     finally:
         w.stop()
+
+
+async def test_on_end_fires_once_when_the_job_ends(fake, watcher):
+    fake.jobs["1"] = job("1")
+    fake.jobs["2"] = job("2")
+    for jid in ("1", "2", "3"):
+        watcher.track(jid)
+    ended = []
+    watcher.on_end("1", lambda st: ended.append((st.job_id, st.state)))
+    watcher.on_end("2", lambda st: ended.append((st.job_id, st.state)))
+    watcher.on_end("3", lambda st: 1 / 0)  # a failing listener does not stop the others
+    await watcher.refresh(5)
+    assert ended == []
+    fake.jobs["1"] = job("1", state="CANCELLED")
+    await watcher.refresh(5)
+    assert ("1", "CANCELLED") in ended
+    del fake.jobs["2"]
+    await watcher.refresh(5)
+    await watcher.refresh(5)
+    assert sorted(ended) == [("1", "CANCELLED"), ("2", "GONE")]  # once each
+
+
+async def test_on_end_dropped_with_untrack(fake, watcher):
+    fake.jobs["1"] = job("1")
+    watcher.track("1")
+    ended = []
+    watcher.on_end("1", ended.append)
+    watcher.untrack("1")
+    watcher.track("1")
+    fake.jobs["1"] = job("1", state="COMPLETED")
+    await watcher.refresh(5)
+    assert ended == []

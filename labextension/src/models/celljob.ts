@@ -5,10 +5,31 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { APIError, endpoint, requestAPI } from '../handler';
-import { ICellJobRequest, ICellJobState } from '../tokens';
+import { ICellJobRequest, ICellJobState, IRunRecord } from '../tokens';
 
 /** Status of a cell job without its outputs. */
 export type CellJobStatus = Omit<ICellJobState, 'outputs'>;
+
+/** Where a job ran, from its run record: `exclusive, 32 of 32 CPUs, AMD EPYC 7763`. */
+export function describeRun(run: IRunRecord | null | undefined): string {
+  if (!run) {
+    return '';
+  }
+  const parts: string[] = [];
+  if (run.exclusive === true) {
+    parts.push('whole node');
+  } else if (run.exclusive === false) {
+    parts.push('shared node');
+  }
+  if (typeof run.alloc_cpus === 'number' && typeof run.node_cpus === 'number') {
+    parts.push(`${run.alloc_cpus} of ${run.node_cpus} CPUs`);
+  }
+  if (run.cpu_model) {
+    parts.push(run.cpu_model);
+  }
+  return parts.join(', ');
+}
+
 
 /** Options of a `CellJob`. */
 export interface ICellJobOptions {
@@ -167,7 +188,8 @@ export class CellJob implements IDisposable {
       node: answer.node ?? null,
       next,
       done: !!answer.done,
-      status: answer.status ?? null
+      status: answer.status ?? null,
+      run: answer.run ?? null
     };
     const before = this._status;
     this._status = status;
@@ -176,7 +198,8 @@ export class CellJob implements IDisposable {
       before.reason !== status.reason ||
       before.node !== status.node ||
       before.done !== status.done ||
-      before.status !== status.status
+      before.status !== status.status ||
+      (before.run ?? null) !== (status.run ?? null)
     ) {
       this._statusChanged.emit(status);
     }

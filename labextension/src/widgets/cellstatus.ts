@@ -1,6 +1,6 @@
 import { Widget } from '@lumino/widgets';
 
-import { CellJobStatus } from '../models';
+import { CellJobStatus, describeRun } from '../models';
 import { APIError } from '../handler';
 import { describeError } from './common';
 import { stateClass } from './common';
@@ -11,7 +11,8 @@ export function describeCellJob(status: CellJobStatus): string {
   const state = (status.state || '').toUpperCase();
   if (status.done) {
     if (status.status === 'ok') {
-      return `Done: job ${id} finished${status.node ? ` on ${status.node}` : ''}`;
+      const run = describeRun(status.run);
+      return `Done: job ${id} finished${status.node ? ` on ${status.node}` : ''}${run ? ` (${run})` : ''}`;
     }
     if (state === 'CANCELLED') {
       return `Cancelled: job ${id}`;

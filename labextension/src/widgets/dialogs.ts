@@ -12,6 +12,8 @@ export interface IRunCellChoice {
   cpus: number;
   memory: string;
   time: string;
+  /** The whole node for this job (sbatch --exclusive), for clean measurements. */
+  exclusive?: boolean;
 }
 
 /** Where the last choice is remembered (per browser). */
@@ -159,6 +161,15 @@ export class RunCellForm
     field(form, 'Memory', this._memory, 'e.g. 4G or 512M');
     this._time = textInput('time', initial.time);
     field(form, 'Time limit', this._time, 'MM, HH:MM:SS or D-HH:MM:SS');
+    this._exclusive = textInput('exclusive', '', 'checkbox');
+    this._exclusive.value = 'yes';
+    this._exclusive.checked = !!initial.exclusive;
+    field(
+      form,
+      'Whole node',
+      this._exclusive,
+      'Exclusive: no other job shares the node (clean measurements; may wait longer).'
+    );
 
     this._partition.addEventListener('change', updateSummary);
     updateSummary();
@@ -171,7 +182,8 @@ export class RunCellForm
       gpus: Math.max(0, parseInt(this._gpus.value, 10) || 0),
       cpus: Math.max(1, parseInt(this._cpus.value, 10) || 1),
       memory: this._memory.value.trim(),
-      time: this._time.value.trim()
+      time: this._time.value.trim(),
+      exclusive: this._exclusive.checked
     };
   }
 
@@ -181,12 +193,15 @@ export class RunCellForm
   private _cpus: HTMLInputElement;
   private _memory: HTMLInputElement;
   private _time: HTMLInputElement;
+  private _exclusive: HTMLInputElement;
 }
 
 /** What the user chose in the "Start service" dialog. */
 export interface IServiceChoice extends IRunCellChoice {
   name: string;
   command: string[];
+  /** Run the service inside an Apptainer instance (jhpc-JOBID). */
+  instance?: boolean;
 }
 
 /** Split a command line on whitespace, honouring simple single/double quotes. */
@@ -226,18 +241,27 @@ export class ServiceForm
     for (const child of Array.from(this._resources.node.childNodes)) {
       this.node.appendChild(child);
     }
+    this._instance = textInput('instance', 'yes', 'checkbox');
+    field(
+      this.node,
+      'Apptainer instance',
+      this._instance,
+      'Run the command inside an instance jhpc-JOBID, stopped when the job ends.'
+    );
   }
 
   getValue(): IServiceChoice {
     return {
       ...this._resources.getValue(),
       name: this._name.value.trim(),
-      command: splitCommand(this._command.value)
+      command: splitCommand(this._command.value),
+      instance: this._instance.checked
     };
   }
 
   private _name: HTMLInputElement;
   private _command: HTMLInputElement;
+  private _instance: HTMLInputElement;
   private _resources: RunCellForm;
 }
 
