@@ -53,7 +53,10 @@ DEAD_REF = f"docker://127.0.0.1:{DEAD_REGISTRY_PORT}/demo/tiny:latest"
 LOAD_USERS = [f"user{i:02d}" for i in range(1, 11)]
 IMAGE = "site:notebook.sif"
 HUB_POLL_INTERVAL = 2
+#: The hub's job watcher interval (APPTAINER_SPAWNER_CONFIG of hub_fixtures).
 WATCH_INTERVAL = 2.0
+#: The user servers' job watcher interval (set by server_fixtures.UserServer).
+SERVER_WATCH_INTERVAL = 1.0
 
 
 def pytest_configure(config):
@@ -137,12 +140,14 @@ def escape_links(hostile_user):
 
 
 def _server_args(tb):
-    registries = f"['{tb['REGISTRY']}', '127.0.0.1:{DEAD_REGISTRY_PORT}']"
+    # A list option is given once per item (a Python list literal on the command line would
+    # become a single item of the list); any other option only once (UserServer sets
+    # --HPCExtension.watch_interval itself: a second value would void the whole configuration).
+    registries = (tb["REGISTRY"], f"127.0.0.1:{DEAD_REGISTRY_PORT}")
     return (
         "--HPCExtension.proxy_cache_seconds=0",
-        f"--HPCExtension.watch_interval={WATCH_INTERVAL}",
-        f"--ImageCatalog.insecure_registries={registries}",
-        f"--ImageCatalog.allowed_registries={registries}",
+        *[f"--ImageCatalog.insecure_registries={r}" for r in registries],
+        *[f"--ImageCatalog.allowed_registries={r}" for r in registries],
     )
 
 
@@ -175,6 +180,7 @@ def bob_srv(tb):
 
 HUB_EXTRA = f'''
 c.JupyterHub.active_server_limit = 0
+c.JupyterHub.allow_named_servers = True
 c.ImageCatalog.insecure_registries = ["127.0.0.1:5000", "127.0.0.1:{DEAD_REGISTRY_PORT}"]
 c.ImageCatalog.allowed_registries = ["127.0.0.1:5000", "127.0.0.1:{DEAD_REGISTRY_PORT}"]
 c.ImageCatalog.remote_images = [{{"ref": "{DEAD_REF}", "title": "Image from a registry that is down"}}]

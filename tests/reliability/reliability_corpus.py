@@ -115,18 +115,26 @@ CORPUS: List[Tuple[str, Any]] = STRINGS + JSON_VALUES
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
+NAME_FIELDS = ("name", "account", "qos", "job_name")
+#: Fields whose legitimate values are JSON booleans.
+BOOL_FIELDS = ("exclusive", "instance", "fakeroot", "force")
 
 
 def applies(field: str, value: Any) -> bool:
     """Whether ``value`` is hostile for ``field`` (some fields legitimately accept some of them).
 
-    - ``name`` (service name): plain names such as ``99999999999999999999`` are fine.
-    - ``command``: an argv element is free text run without a shell; only control
+    - ``name`` (service or kernelspec name), ``account``, ``qos``, ``job_name``: plain names
+      such as ``99999999999999999999`` are well-formed; whether an account or QOS exists and
+      may be used is Slurm's decision (and ``allowed_accounts`` where a site sets it).
+    - ``command``, ``python`` (argv elements): free text run without a shell; only control
       characters, a leading ``-`` in the program, non-strings and oversized elements are hostile.
+    - ``exclusive``, ``instance``, ``fakeroot``, ``force``: JSON booleans are their legitimate values.
     """
-    if field == "name":
+    if field in NAME_FIELDS:
         return not (isinstance(value, str) and _NAME.match(value))
-    if field == "command":
+    if field in BOOL_FIELDS:
+        return not isinstance(value, bool)
+    if field in ("command", "python"):
         return not isinstance(value, str) or bool(_CTRL.search(value)) or value.startswith("-") or len(value) > 4096 \
             or value == ""
     return True
