@@ -14,34 +14,12 @@
 //
 // Prints `ok hub-spawn` or `FAIL hub-spawn: reason` and the facts it saw
 // as `fact KEY=VALUE` lines; exits non-zero on failure.
-import { createRequire } from 'node:module';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '..', '..');
-const require = createRequire(path.join(root, 'labextension', 'package.json'));
-const { chromium } = require('playwright-core');
+import { ARTIFACTS, launchBrowser, log, shot } from './browser.mjs';
 
 const HUB_URL = (process.env.HUB_URL || 'http://127.0.0.1:8000/').replace(/\/?$/, '/');
 const USER = process.env.HUB_USER || 'alice';
 const PASSWORD = process.env.HUB_PASSWORD || '';
 const IMAGE = process.env.HUB_IMAGE || 'site:notebook.sif';
-const ARTIFACTS = path.resolve(process.env.ARTIFACTS || path.join(root, 'artifacts', 'ui'));
-fs.mkdirSync(ARTIFACTS, { recursive: true });
-
-function log(...args) {
-  console.log(`[${new Date().toISOString().slice(11, 19)}]`, ...args);
-}
-
-async function shot(page, name) {
-  const file = path.join(ARTIFACTS, `${name}.png`);
-  await page.screenshot({ path: file });
-  log('screenshot', file);
-}
-
 async function run(page) {
   await page.goto(HUB_URL + 'hub/login', { waitUntil: 'domcontentloaded' });
   await page.fill('input[name="username"]', USER);
@@ -116,22 +94,7 @@ async function run(page) {
 }
 
 async function main() {
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hpc-hub-ui-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1400, height: 900 },
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync'
-    ]
-  });
+  const { context, close } = await launchBrowser();
   const page = await context.newPage();
   let failed = false;
   try {
@@ -142,8 +105,7 @@ async function main() {
     await shot(page, '59-hub-failure').catch(() => undefined);
     console.log(`FAIL hub-spawn: ${String(err && err.message ? err.message : err).split('\n')[0]}`);
   } finally {
-    await context.close();
-    fs.rmSync(userDataDir, { recursive: true, force: true });
+    await close();
   }
   process.exit(failed ? 1 : 0);
 }

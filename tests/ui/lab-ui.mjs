@@ -14,28 +14,13 @@
 //
 // Prints one line `ok SCENARIO` or `FAIL SCENARIO: reason` per scenario and
 // exits non-zero when one failed.
-import { createRequire } from 'node:module';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '..', '..');
-const require = createRequire(path.join(root, 'labextension', 'package.json'));
-const { chromium } = require('playwright-core');
+import { launchBrowser, log, shot } from './browser.mjs';
 
 const LAB_URL = (process.env.LAB_URL || 'http://127.0.0.1:8888/').replace(/\/?$/, '/');
 const TOKEN = process.env.LAB_TOKEN || '';
-const ARTIFACTS = path.resolve(process.env.ARTIFACTS || path.join(root, 'artifacts', 'ui'));
 const JOB_TIMEOUT = Number(process.env.UI_TIMEOUT_MS || 240000);
 const IMAGE = process.env.UI_IMAGE || 'site:notebook.sif';
 const PULL_REF = process.env.UI_PULL_REF || 'docker://127.0.0.1:5000/demo/tiny:latest';
-fs.mkdirSync(ARTIFACTS, { recursive: true });
-
-function log(...args) {
-  console.log(`[${new Date().toISOString().slice(11, 19)}]`, ...args);
-}
 
 async function api(method, urlPath, body) {
   const response = await fetch(LAB_URL + urlPath, {
@@ -76,12 +61,6 @@ async function putNotebook(name, sources) {
       nbformat_minor: 5
     }
   });
-}
-
-async function shot(page, name) {
-  const file = path.join(ARTIFACTS, `${name}.png`);
-  await page.screenshot({ path: file });
-  log('screenshot', file);
 }
 
 async function openLab(context, urlPath = 'lab') {
@@ -516,23 +495,7 @@ async function main() {
     console.error(`usage: lab-ui.mjs ${Object.keys(scenarios).join('|')} ...`);
     process.exit(2);
   }
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hpc-ui-chromium-'));
-  // A fresh profile (--user-data-dir) for each run.
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1400, height: 900 },
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync'
-    ]
-  });
+  const { context, close } = await launchBrowser();
   let failed = 0;
   try {
     for (const name of wanted) {
@@ -550,8 +513,7 @@ async function main() {
       }
     }
   } finally {
-    await context.close();
-    fs.rmSync(userDataDir, { recursive: true, force: true });
+    await close();
   }
   process.exit(failed ? 1 : 0);
 }

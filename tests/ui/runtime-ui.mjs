@@ -6,32 +6,14 @@
 //
 // Environment: LAB_URL, LAB_TOKEN, ARTIFACTS, CHROMIUM as for lab-ui.mjs.
 // Saves 05-sidebar-host-runtime.png; prints `ok runtime-notice` or `FAIL runtime-notice: ...`.
-import { createRequire } from 'node:module';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '..', '..');
-const require = createRequire(path.join(root, 'labextension', 'package.json'));
-const { chromium } = require('playwright-core');
+import { launchBrowser, shot } from './browser.mjs';
 
 const LAB_URL = (process.env.LAB_URL || 'http://127.0.0.1:8888/').replace(/\/?$/, '/');
 const TOKEN = process.env.LAB_TOKEN || '';
-const ARTIFACTS = path.resolve(process.env.ARTIFACTS || path.join(root, 'artifacts', 'ui'));
 const EXPECTED = 'Containers unavailable on this host: commands run directly on the node';
-fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 async function main() {
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hpc-ui-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1400, height: 900 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-           '--disable-background-networking', '--disable-component-update', '--disable-sync']
-  });
+  const { context, close } = await launchBrowser();
   let page;
   try {
     page = await context.newPage();
@@ -51,17 +33,16 @@ async function main() {
       throw new Error(`notice says ${JSON.stringify(text)}`);
     }
     await panel.locator('.jp-HPC-image').first().waitFor({ timeout: 30000 });
-    await page.screenshot({ path: path.join(ARTIFACTS, '05-sidebar-host-runtime.png') });
+    await shot(page, '05-sidebar-host-runtime');
     console.log('ok runtime-notice');
   } catch (error) {
     console.log(`FAIL runtime-notice: ${error && error.stack ? error.stack : error}`);
     if (page) {
-      await page.screenshot({ path: path.join(ARTIFACTS, 'FAIL-runtime-notice.png') }).catch(() => undefined);
+      await shot(page, 'FAIL-runtime-notice').catch(() => undefined);
     }
     process.exitCode = 1;
   } finally {
-    await context.close();
-    fs.rmSync(userDataDir, { recursive: true, force: true });
+    await close();
   }
 }
 

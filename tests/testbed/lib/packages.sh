@@ -109,7 +109,7 @@ download_apptainer_deb() {
 install_apptainer_unpacked() {
     local deb key
     deb=$(download_apptainer_deb) || return 1
-    key="$(sha256sum "$deb" "$TB_DIR/elfcompat.py" "$TB_DIR/glibc-compat/isoc23.c" | short_hash)"
+    key="$(cat "$deb" "$TB_DIR/elfcompat.py" "$TB_DIR/glibc-compat/isoc23.c" | short_hash)"  # contents only: any checkout path
     if [[ -f $TB_APPTAINER_MARK && $(<"$TB_APPTAINER_MARK") == "$key" ]] && apptainer_ok; then
         return 0
     fi
