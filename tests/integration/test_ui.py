@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, Optional
 
 import pytest
 
@@ -64,8 +65,9 @@ def labextension(venv) -> Path:
 class Lab:
     """``jupyter lab`` as a test user, token in the environment."""
 
-    def __init__(self, user: str, venv: str, labext: Path):
+    def __init__(self, user: str, venv: str, labext: Path, extra_env: Optional[Dict[str, str]] = None):
         self.user = user
+        self.extra_env = dict(extra_env or {})
         self.venv = venv
         pw = pwd.getpwnam(user)
         self.home = pw.pw_dir
@@ -108,6 +110,7 @@ class Lab:
             "JUPYTER_PATH": self.jupyter_path,
             "JUPYTERLAB_SETTINGS_DIR": os.path.join(self.lab_dir, "settings"),
             "JUPYTERLAB_WORKSPACES_DIR": os.path.join(self.lab_dir, "workspaces"),
+            **self.extra_env,
         }
         argv = [
             RUNUSER, "-u", self.user, "--",
