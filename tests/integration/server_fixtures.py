@@ -21,7 +21,7 @@ import subprocess
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 OPENAPI = REPO / "docs" / "openapi.yaml"
@@ -105,8 +105,9 @@ class UserServer:
     def url(self, path: str) -> str:
         return f"{self.origin}{self.base_url}{path.lstrip('/')}"
 
-    def start(self, timeout: float = 60) -> "UserServer":
-        env = {
+    def environment(self) -> Dict[str, str]:
+        """The server's environment (the token included)."""
+        return {
             "PATH": f"{self.venv}/bin:/usr/local/bin:/usr/bin:/bin",
             "HOME": self.home,
             "USER": self.user,
@@ -114,7 +115,10 @@ class UserServer:
             "LANG": "C.UTF-8",
             "JUPYTER_TOKEN": self.token,
         }
-        argv = [
+
+    def command(self) -> List[str]:
+        """The ``jupyter server`` command line, run as the user."""
+        return [
             shutil.which("runuser") or "/usr/sbin/runuser", "-u", self.user, "--",
             f"{self.venv}/bin/jupyter", "server",
             "--no-browser", "--ip=127.0.0.1", f"--port={self.port}", "--port-retries=0",
@@ -122,10 +126,13 @@ class UserServer:
             "--ServerApp.jpserver_extensions={'jupyter_hpc': True}",
             "--HPCExtension.watch_interval=1",
         ] + self.extra_args
+
+    def start(self, timeout: float = 60) -> "UserServer":
+        """Start :meth:`command` and wait until jupyter-hpc's API answers."""
         log = open(self.log_path, "wb")
         os.chmod(self.log_path, 0o600)
-        self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd="/",
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+                                     cwd="/", start_new_session=True)
         deadline = time.monotonic() + timeout
         import requests
 

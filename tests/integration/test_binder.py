@@ -61,9 +61,11 @@ class BinderServer(UserServer):
             "JUPYTER_DATA_DIR": self.data_dir,
         }
 
-    def start(self, timeout: float = 90) -> "BinderServer":
-        env = dict(self.user_env(), JUPYTER_TOKEN=self.token)
-        argv = [
+    def environment(self) -> dict:
+        return dict(self.user_env(), JUPYTER_TOKEN=self.token)
+
+    def command(self) -> list:
+        return [
             RUNUSER, "-u", self.user, "--",
             f"{self.venv}/bin/python", str(NOUSERNS), str(START),
             f"{self.venv}/bin/jupyter", "server",
@@ -77,22 +79,9 @@ class BinderServer(UserServer):
             f"--HPCExtension.jobs_dir={self.workdir}/jobs",
             f"--HPCExtension.services_dir={self.workdir}/services",
         ]
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd="/",
-                                     start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"binder/start exited: {self.log_tail()}")
-            try:
-                r = requests.get(self.url("jupyter-hpc/api/partitions"), headers=self.headers(), timeout=5)
-                if r.status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server for {self.user} did not answer: {self.log_tail()}")
+
+    def start(self, timeout: float = 90) -> "BinderServer":
+        return super().start(timeout)
 
     def as_user(self, argv, timeout: float = 60, **env) -> subprocess.CompletedProcess:
         """``argv`` as the user with the demo cluster's SLURM_CONF (outside the session)."""
