@@ -199,7 +199,7 @@ def run_argv(
 
 #: Where a job runs its command: inside the image (``apptainer exec``) or, where
 #: containers cannot run, directly on the node (see :mod:`jupyter_hpc.runtime`).
-RUNTIMES = ("apptainer", "host")
+RUNTIMES = ("apptainer", "charliecloud", "host")
 
 
 def check_runtime(value: Any) -> str:
@@ -212,12 +212,26 @@ def command_argv(image: str, argv: Sequence[str], *, runtime: str = "apptainer",
     """The argv that runs ``argv`` with ``image`` under ``runtime``.
 
     ``apptainer``: :func:`exec_argv` (``options`` are its keyword arguments).
+    ``charliecloud``: :func:`jupyter_hpc.charliecloud.exec_argv` (``pwd``, ``writable``,
+    ``ch_run``; the user's home comes with ``--home``, other binds are not made).
     ``host``: ``argv`` itself, run directly on the node. The image is still
     checked (it names the software the user asked for); container options
     (binds, ``--nv``, ``--cleanenv``, home, ...) have no meaning there and are ignored.
     """
     if check_runtime(runtime) == "apptainer":
         return exec_argv(image, argv, **options)
+    if runtime == "charliecloud":
+        import os
+
+        from . import charliecloud
+
+        env_file = charliecloud.environment_file(image)
+        has_env = os.path.isfile(env_file)
+        wrap = charliecloud.ENV_WRAP if not has_env and os.path.isdir(charliecloud.apptainer_env_dir(image)) else ()
+        return charliecloud.exec_argv(image, argv, pwd=options.get("pwd"),
+                                      writable=bool(options.get("writable")),
+                                      ch_run=options.get("ch_run", "ch-run"),
+                                      env_file=env_file if has_env else None, wrap=wrap)
     if not argv:
         raise ValidationError("command", "must not be empty")
     check_image(image)

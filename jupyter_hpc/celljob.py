@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import validate
 from .jobscript import build_container_script, read_run_record
-from .slurm import JobInfo, JobRequest, make_comment
+from .slurm import JobInfo, JobRequest, ended_state, make_comment
 from .validate import ValidationError
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ class CellJobManager:
             workdir=cwd,
             comment=make_comment(kind="cell", image=comment_value(image.id)),
         )
-        mode = await self.runtime_mode()
+        mode = await self.runtime_mode(image)
         self._ensure_dirs()
         os.mkdir(job_dir, 0o700)
         with open(os.open(os.path.join(job_dir, "code.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w",
@@ -347,7 +347,7 @@ class CellJobManager:
         argv = self.image_python + ["-m", "jupyter_hpc.cellrunner", job_dir]
         script = build_container_script(
             image.path, argv, nv=bool(req.gpus), pwd=cwd, env_names=GPU_ENV, node_info=False, runtime=mode,
-            exclusive=req.exclusive, record_file=os.path.join(job_dir, RUN_RECORD), venv=venv,
+            exclusive=req.exclusive, record_file=os.path.join(job_dir, RUN_RECORD), venv=venv, ch_run=self.ch_run,
         )
         job_id = await self.slurm.submit(req, script, env=clean_env())
         meta = {
@@ -381,10 +381,19 @@ class CellJobManager:
             return None
         return await self.runtime.resolve(self.catalog, self.username)
 
-    async def runtime_mode(self) -> str:
-        """``apptainer`` or ``host`` (containers unavailable): how the next job runs its command."""
+    async def runtime_mode(self, image: Any = None) -> str:
+        """``apptainer``, ``charliecloud`` or ``host`` (containers unavailable): how the next job
+        (with ``image``, whose own runtime choice applies, see :func:`jupyter_hpc.runtime.for_image`)
+        runs its command."""
+        from .runtime import for_image
+
         info = await self.runtime_info()
-        return info.mode if info is not None else "apptainer"
+        return for_image(info.mode if info is not None else "apptainer", image)
+
+    @property
+    def ch_run(self) -> str:
+        """Charliecloud's ``ch-run`` command (:attr:`jupyter_hpc.runtime.ContainerRuntime.ch_run`)."""
+        return getattr(self.runtime, "ch_run", None) or "ch-run"
 
     # -- state -------------------------------------------------------------------------
 
@@ -461,11 +470,16 @@ class CellJobManager:
         if info is None or info.is_finished:
             # Ended without a status file: cancelled, timed out, killed, or failed to start.
             state = info.state if info is not None else "ENDED"
+            tail = _err_tail(job_dir)
+            state = ended_state(state, tail)
             outputs2, nxt = read_outputs(job_dir, nxt)
             outputs.extend(outputs2)
             # The explanation is not stored in the file, so it comes with every later call.
-            outputs.append(self._end_error(job_dir, state))
-            return CellState(job_id, state, info.reason if info else None, info.node if info else None,
+            outputs.append(self._end_error(job_dir, state, tail))
+            reason = info.reason if info else None
+            if state == "OUT_OF_MEMORY":
+                reason = "OutOfMemory"
+            return CellState(job_id, state, reason, info.node if info else None,
                              outputs, nxt, True, "error", run=run)
         state, reason = info.state, info.reason
         if info.is_pending and os.path.exists(os.path.join(job_dir, "outputs.jsonl")):
@@ -473,19 +487,23 @@ class CellJobManager:
             state, reason = "RUNNING", None
         return CellState(job_id, state, reason, info.node, outputs, nxt, False, None, run=run)
 
-    def _end_error(self, job_dir: str, state: str) -> dict:
-        try:
-            with open(os.path.join(job_dir, "slurm.err"), "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - 4000))
-                tail = f.read().decode(errors="replace")
-        except OSError:
-            tail = ""
-        lines = [f"The cell job ended ({state}) before the cell finished."]
+    def _end_error(self, job_dir: str, state: str, tail: Optional[str] = None) -> dict:
+        if tail is None:
+            tail = _err_tail(job_dir)
+        if state == "OUT_OF_MEMORY":
+            limit = _meta(job_dir).get("resources", {}).get("memory")
+            lines = [
+                "The cell job ran out of memory: Slurm stopped it because it used more than the "
+                + (f"{limit} " if limit else "")
+                + "it asked for. Ask for more memory (Memory in the run dialog, --mem for %%hpc) "
+                "or make the cell use less."
+            ]
+        else:
+            lines = [f"The cell job ended ({state}) before the cell finished."]
         if tail.strip():
             lines += ["Job error output (last lines):"] + tail.strip().splitlines()[-20:]
-        return {"output_type": "error", "ename": "CellJobEnded", "evalue": state, "traceback": lines}
+        return {"output_type": "error", "ename": "OutOfMemory" if state == "OUT_OF_MEMORY" else "CellJobEnded",
+                "evalue": state, "traceback": lines}
 
     def forget(self, job_id: str) -> None:
         """Drop the cached state of a job (after cancelling it)."""
@@ -495,6 +513,28 @@ class CellJobManager:
         self.job_dir(job_id)
         await self.slurm.cancel(validate.job_id(job_id))
         self._states.pop(job_id, None)
+
+
+def _err_tail(job_dir: str, size: int = 4000) -> str:
+    """The last ``size`` bytes of the job's ``slurm.err`` ("" when missing)."""
+    try:
+        with open(os.path.join(job_dir, "slurm.err"), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            f.seek(max(0, end - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _meta(job_dir: str) -> Dict[str, Any]:
+    """``job.json`` of a cell job (``{}`` when missing or unreadable)."""
+    try:
+        with open(os.path.join(job_dir, "job.json"), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def comment_value(value: str) -> str:

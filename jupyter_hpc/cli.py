@@ -83,6 +83,7 @@ def build_kernel_json(
     env: Optional[Dict[str, str]] = None,
     language: str = "python",
     venv: Optional[str] = None,
+    runtime: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The kernel.json of an HPC kernelspec (values validated)."""
     from .provisioner import parse_bind
@@ -113,6 +114,12 @@ def build_kernel_json(
         from .venvs import venv_name
 
         config["venv"] = venv_name(venv)
+    if runtime:
+        from .runtime import CONTAINER_RUNTIMES
+
+        if runtime not in CONTAINER_RUNTIMES:
+            raise ValidationError("runtime", f"{runtime[:40]!r} is not one of {', '.join(CONTAINER_RUNTIMES)}")
+        config["runtime"] = runtime
     python = apptainer.check_path(python, "python", allow_relative=True)
     argv = [python] + DEFAULT_ARGV[1:]
     spec: Dict[str, Any] = {
@@ -204,6 +211,8 @@ def make_parser() -> argparse.ArgumentParser:
     inst.add_argument("--env", dest="env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
                       help="environment variable for the kernel (repeatable)")
     inst.add_argument("--venv", help="name of one of the user's venvs (~/.jupyter-hpc/venvs/NAME) put first on the kernel's PATH")
+    inst.add_argument("--runtime", choices=["apptainer", "charliecloud"],
+                      help="container runtime of the kernel (default: the image's own choice, else the site's)")
     inst.add_argument("--python", default="python3", help="Python interpreter inside the image (default python3)")
     inst.add_argument("--no-check-image", action="store_true", help="do not require the image path to exist here")
     where = inst.add_mutually_exclusive_group()
@@ -247,6 +256,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         python=args.python,
         env=dict(args.env),
         venv=args.venv,
+        runtime=args.runtime,
     )
     prefix = sys.prefix if args.sys_prefix else args.prefix
     dest = install_kernelspec(spec, name, user=not prefix, prefix=prefix)
@@ -294,7 +304,11 @@ def cmd_venv(args: argparse.Namespace) -> int:
             raise ValidationError("image", f"unknown or unusable image {args.image[:100]!r}: {e}") from None
         if not getattr(img, "path", None):
             raise ValidationError("image", f"image {args.image[:100]!r} is not available locally; pull it first")
-        return await venvs.create(home, name, img.id, img.path, apptainer=catalog.apptainer)
+        from .runtime import ContainerRuntime, for_image
+
+        mode = (await ContainerRuntime().resolve(catalog, getpass.getuser())).mode
+        return await venvs.create(home, name, img.id, img.path, apptainer=catalog.apptainer,
+                                  runtime=for_image(mode, img))
 
     info = asyncio.run(go())
     print(f"Created venv {info['name']} in {info['path']} (Python {info['python'] or '?'}, image {info['image']})")

@@ -139,7 +139,7 @@ def image_dict(image: Any) -> Dict[str, Any]:
     else:
         data = dataclasses.asdict(image)
     keys = ("id", "name", "title", "description", "format", "path", "ref", "size", "gpu", "labels", "apps",
-            "owner", "pulled")
+            "owner", "pulled", "runtime")
     return {k: data.get(k) for k in keys}
 
 
@@ -390,7 +390,7 @@ class CellsHandler(HPCHandler):
         except ValidationError as e:
             raise ApiError(400, e.message, e.field) from None
         result = await self.call(self.ext.cells.submit(body, cwd=cwd))
-        self.reply({"job_id": result["job_id"]}, 201)
+        self.reply({"job_id": result["job_id"], "runtime": result["runtime"]}, 201)
 
 
 class CellHandler(HPCHandler):
@@ -616,7 +616,7 @@ class VenvsHandler(HPCHandler):
         image = await self.call(self.ext.cells.resolve_image(body.get("image")))
         if os.path.lexists(os.path.join(venvs.venv_root(self.ext.cells.home), name)):
             raise ApiError(409, f"a venv {name!r} exists already", "name")
-        mode = await self.ext.cells.runtime_mode()
+        mode = await self.ext.cells.runtime_mode(image)
         info = await self.call(venvs.create(
             self.ext.cells.home, name, image.id, image.path, apptainer=self.ext.catalog.apptainer,
             python=self.ext.image_python, runtime=mode, timeout=self.ext.venv_create_timeout,

@@ -11,10 +11,18 @@ only ids as above or paths that resolve (symlinks followed) inside the site
 directories, the requesting user's own directories or the pull cache, and it
 never looks into another user's directories.
 
+Image formats: ``sif`` (single file, read-only), ``sandbox`` (an Apptainer
+sandbox directory, with ``.singularity.d``), ``directory`` (a Charliecloud image
+directory: a root filesystem with ``ch/``, from ``ch-convert`` or ``ch-image``;
+it always runs with Charliecloud) and ``remote`` (a registry reference).
+
 Labels (``org.jupyter-hpc.title``, ``org.jupyter-hpc.description``,
-``org.jupyter-hpc.gpu``) are read from ``.singularity.d/labels.json`` for
-sandboxes and with ``apptainer inspect --json --labels`` for SIF files; results
-are cached per ``(path, mtime, size)``.
+``org.jupyter-hpc.gpu``, ``org.jupyter-hpc.runtime``) are read from
+``.singularity.d/labels.json`` for sandboxes, from ``ch/metadata.json`` for
+Charliecloud directories and with ``apptainer inspect --json --labels`` for SIF
+files; results are cached per ``(path, mtime, size)``. ``Image.runtime`` is the
+runtime an image asks for (``org.jupyter-hpc.runtime``; ``charliecloud`` for
+Charliecloud directories), ``None`` when the site's runtime applies.
 
 Pulls go to :attr:`cache_dir` (a shared, sticky, world-writable directory is
 fine). One ``fcntl.flock`` lock file per reference makes concurrent pulls -
@@ -46,6 +54,7 @@ from traitlets import Bool, Dict as TDict, Float, List as TList, TraitError, Uni
 from traitlets.config import Configurable
 
 from . import apptainer as _apptainer
+from . import charliecloud as _charliecloud
 from . import validate
 from .process import RUNUSER_PREFIX, CommandError, run
 from .validate import ValidationError
@@ -55,6 +64,9 @@ log = logging.getLogger(__name__)
 LABEL_TITLE = "org.jupyter-hpc.title"
 LABEL_DESCRIPTION = "org.jupyter-hpc.description"
 LABEL_GPU = "org.jupyter-hpc.gpu"
+#: ``apptainer`` or ``charliecloud``: the runtime this image runs with (default: the site's).
+LABEL_RUNTIME = "org.jupyter-hpc.runtime"
+IMAGE_RUNTIMES = ("apptainer", "charliecloud")
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}\Z")
 _ID = re.compile(r"^(site|user|remote|cache):([A-Za-z0-9_][A-Za-z0-9_.+-]{0,127})\Z")
@@ -101,9 +113,23 @@ class Image:
     apps: List[str] = field(default_factory=list)
     owner: str = "site"  # "site" or a user name
     pulled: Optional[bool] = None  # remote images: is a usable local copy there?
+    runtime: Optional[str] = None  # apptainer | charliecloud | None (the site's runtime)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def image_runtime(fmt: str, labels: Dict[str, str]) -> Optional[str]:
+    """The runtime an image asks for: Charliecloud directories always ``charliecloud``,
+    else the ``org.jupyter-hpc.runtime`` label when valid, else ``None`` (the site's)."""
+    if fmt == "directory":
+        return "charliecloud"
+    value = str(labels.get(LABEL_RUNTIME, "")).strip().lower()
+    if value in IMAGE_RUNTIMES:
+        if value == "charliecloud" and fmt != "sandbox":
+            return None  # only directories can run with Charliecloud
+        return value
+    return None
 
 
 def _truthy(value: Any) -> bool:
@@ -300,8 +326,9 @@ class ImageCatalog(Configurable):
 
     async def _metadata(self, path: str, fmt: str, username: Optional[str], owner: str) -> Tuple[Dict[str, str], List[str]]:
         try:
-            if fmt == "sandbox":
-                label_file = os.path.join(path, ".singularity.d", "labels.json")
+            if fmt in ("sandbox", "directory"):
+                label_file = (os.path.join(path, ".singularity.d", "labels.json") if fmt == "sandbox"
+                              else _charliecloud.metadata_file(path))
                 st = os.stat(label_file)
                 key = (label_file, st.st_mtime_ns, st.st_size)
             else:
@@ -314,7 +341,9 @@ class ImageCatalog(Configurable):
             return cached
         labels: Dict[str, str] = {}
         apps: List[str] = []
-        if fmt == "sandbox":
+        if fmt == "directory":
+            labels = _ch_labels(key[0])
+        elif fmt == "sandbox":
             try:
                 with open(key[0]) as f:
                     labels = _apptainer.parse_labels(f.read(1024 * 1024))
@@ -353,9 +382,12 @@ class ImageCatalog(Configurable):
         except OSError:
             return None
         if stat.S_ISDIR(st.st_mode):
-            if not os.path.isdir(os.path.join(path, ".singularity.d")):
+            if os.path.isdir(os.path.join(path, ".singularity.d")):
+                fmt, size = "sandbox", None
+            elif _charliecloud.is_image_dir(path):
+                fmt, size = "directory", None
+            else:
                 return None
-            fmt, size = "sandbox", None
         elif stat.S_ISREG(st.st_mode) and self._is_sif(name):
             fmt, size = "sif", st.st_size
         else:
@@ -377,6 +409,7 @@ class ImageCatalog(Configurable):
             labels=labels,
             apps=apps,
             owner=owner,
+            runtime=image_runtime(fmt, labels),
         )
 
     async def _scan(self, root: str, id_prefix: str, owner: str, username: Optional[str],
@@ -629,7 +662,7 @@ class ImageCatalog(Configurable):
                     if ref:
                         img.id, img.ref, img.format, img.pulled = ref_id(ref), ref, "remote", True
         if img is None:
-            raise ImageNotFound(f"{path[:200]!r} is not an image (SIF file or sandbox directory)")
+            raise ImageNotFound(f"{path[:200]!r} is not an image (SIF file, sandbox or Charliecloud directory)")
         return img
 
     # -- pull cache -------------------------------------------------------------
@@ -813,8 +846,9 @@ def check_local_image(path: Any, sif_extensions: Sequence[str] = (".sif", ".simg
         raise ImageNotFound(f"{path[:200]!r}: {e.strerror}") from None
     real = os.path.realpath(path)
     if stat.S_ISDIR(st.st_mode):
-        if not os.path.isdir(os.path.join(real, ".singularity.d")):
-            raise ImageNotFound(f"{path[:200]!r} is a directory but not an Apptainer sandbox (no .singularity.d)")
+        if not (os.path.isdir(os.path.join(real, ".singularity.d")) or _charliecloud.is_image_dir(real)):
+            raise ImageNotFound(f"{path[:200]!r} is a directory but neither an Apptainer sandbox (no .singularity.d) "
+                                "nor a Charliecloud image (no ch/)")
         mode = os.R_OK | os.X_OK
     elif stat.S_ISREG(st.st_mode) and any(os.path.basename(real).endswith(ext) for ext in sif_extensions):
         mode = os.R_OK
@@ -824,6 +858,20 @@ def check_local_image(path: Any, sif_extensions: Sequence[str] = (".sif", ".simg
     if not os.access(real, mode):
         raise ImageAccessDenied(f"{path[:200]!r} cannot be read by you")
     return path
+
+
+def _ch_labels(metadata_file: str) -> Dict[str, str]:
+    """Labels of a Charliecloud image: ``{"labels": {...}}`` in ``ch/metadata.json``."""
+    try:
+        with open(metadata_file, encoding="utf-8") as f:
+            data = json.loads(f.read(1024 * 1024))
+    except (OSError, ValueError) as e:
+        log.warning("cannot read labels from %s: %s", metadata_file, e)
+        return {}
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict):
+        return {}
+    return {str(k)[:200]: str(v)[:2000] for k, v in labels.items() if isinstance(k, str)}
 
 
 async def _report(progress: Optional[Progress], fraction: Optional[float], message: str) -> None:

@@ -52,6 +52,7 @@ import shlex
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import apptainer as _apptainer
+from . import charliecloud as _charliecloud
 from . import slurm, validate
 from .slurm import Line
 from .validate import ValidationError
@@ -182,6 +183,7 @@ def build_container_script(
     record_file: Optional[str] = None,
     venv: Optional[str] = None,
     instance: bool = False,
+    ch_run: str = "ch-run",
 ) -> str:
     """The batch script that runs ``argv`` inside ``image`` with ``apptainer exec``.
 
@@ -196,8 +198,12 @@ def build_container_script(
       ``host=...,port=...``.
     - ``host``: key of :data:`HOST_EXPRESSIONS` (how the node names itself).
     - ``exec_``: replace the shell by apptainer (signals from Slurm reach it directly).
-    - ``runtime``: ``"apptainer"`` or ``"host"`` (run ``argv`` directly on the node; container
-      options are ignored, exports and named variables are simply part of the job environment).
+    - ``runtime``: ``"apptainer"``, ``"charliecloud"`` (``ch-run`` with a directory image, see
+      :mod:`jupyter_hpc.charliecloud`; the job environment passes through, binds whose
+      destination the image lacks are skipped, no instances or apps) or ``"host"`` (run
+      ``argv`` directly on the node; container options are ignored, exports and named
+      variables are simply part of the job environment).
+    - ``ch_run``: the ``ch-run`` command for ``runtime="charliecloud"``.
     - ``node_info``: print the run record on stderr as one marker line
       (``jupyter-hpc: node=N cpus=C node_cpus=T alloc_cpus=A exclusive=yes|no|unknown job=J
       cpu_model=...``; see :func:`run_record`).
@@ -263,6 +269,14 @@ def build_container_script(
         lines.append(Line('echo "jupyter-hpc: port=$PORT host=$JHPC_HOST" >&2'))
     if instance and host_runtime:
         raise ValidationError("instance", "Apptainer instances need containers (the runtime is 'host')")
+    if runtime == "charliecloud":
+        if instance:
+            raise ValidationError("instance", "Apptainer instances need the Apptainer runtime; "
+                                              "this image runs with Charliecloud")
+        lines.extend(_charliecloud_lines(image, argv, binds=binds, venv=venv, pwd=pwd, containall=containall,
+                                         writable=writable, app=app, ch_run=ch_run, expand_port=port,
+                                         exec_=exec_))
+        return slurm.batch_script(lines, exports=literal, directives=directives)
     if host_runtime:
         full = _apptainer.command_argv(image, argv, runtime="host")
         if venv is not None:
@@ -302,6 +316,73 @@ def build_container_script(
         return slurm.batch_script(lines, exports=literal, directives=directives)
     lines.append(command_line(full, expand_port=port, exec_=exec_))
     return slurm.batch_script(lines, exports=literal, directives=directives)
+
+
+_CH_HELPERS = r"""
+jhpc_ch_bind() {
+    # bind $1 at $2 when the image has the mount point (ch-run cannot create it)
+    case "$2/" in "/home/$USER/"*) return 0 ;; esac   # inside the home that --home binds
+    case "$2" in
+        /etc/passwd|/etc/group)
+            # the host's account files (Slurm resolves SlurmUser and other users) replace the
+            # minimal ones ch-run writes
+            if [ -z "${JHPC_CH_NO_PASSWD:-}" ]; then JHPC_CH+=(--no-passwd); JHPC_CH_NO_PASSWD=1; fi ;;
+    esac
+    if [ -e "$JHPC_CH_IMAGE$2" ]; then
+        JHPC_CH+=("--bind=$1:$2")
+    else
+        echo "jupyter-hpc: charliecloud: $2 is not in the image, not bound" >&2
+    fi
+}
+""".strip("\n")
+
+
+# The image's own environment: Charliecloud's ch/environment, or, for an Apptainer
+# sandbox run with ch-run, its /.singularity.d/env scripts sourced in front of the
+# command as Apptainer does (a fixed script; the command follows as "$@").
+_CH_ENVIRONMENT = r"""
+if [ -f "$JHPC_CH_IMAGE/ch/environment" ]; then
+    JHPC_CH+=("--set-env=$JHPC_CH_IMAGE/ch/environment")
+elif [ -d "$JHPC_CH_IMAGE/.singularity.d/env" ]; then
+    JHPC_CH_WRAP=(%s)
+fi
+""".strip("\n") % " ".join(shlex.quote(w) for w in _charliecloud.ENV_WRAP)
+
+
+def _charliecloud_lines(image, argv, *, binds, venv, pwd, containall, writable, app, ch_run, expand_port,
+                        exec_) -> List[slurm.ScriptItem]:
+    """``ch-run`` built up in a bash array (binds checked on the node), then run."""
+    if app:
+        raise ValidationError("app", "SCIF apps need the Apptainer runtime; this image runs with Charliecloud")
+    image = _charliecloud.check_image(image)
+    head = _charliecloud.base_argv(ch_run=ch_run, private_tmp=containall, writable=writable)
+    tail = _charliecloud.command_argv(image, argv, pwd=pwd)
+    out: List[slurm.ScriptItem] = [
+        Line(_CH_HELPERS),
+        # ch-run --home needs USER; a job environment may lack it
+        Line('USER="${USER:-$(id -un)}"'),
+        Line("export USER"),
+        Line("JHPC_CH_IMAGE=" + shlex.quote(image)),
+        Line("JHPC_CH=(" + " ".join(shlex.quote(w) for w in head) + ")"),
+        Line("JHPC_CH_WRAP=()"),
+        Line(_CH_ENVIRONMENT),
+    ]
+    if venv is not None:
+        out.append(Line("JHPC_CH+=(" + " ".join(shlex.quote(w) for w in _charliecloud.venv_argv(venv)) + ")"))
+    for b in binds:
+        spec = _apptainer.bind_spec(b)
+        src, _, rest = spec.partition(":")
+        dst = rest.split(":", 1)[0] if rest else src
+        out.append(Line(f"jhpc_ch_bind {shlex.quote(src)} {shlex.quote(dst)}"))
+    out.append(Line("printf 'jupyter-hpc: starting container %s on %s\\n' "
+                    f"{shlex.quote(image)} \"$(hostname -s)\" >&2"))
+    out.append(Line("echo 'jupyter-hpc: runtime=charliecloud' >&2"))
+    words = [quote_word(a, expand_port) for a in tail]
+    # the image's environment wrapper (Apptainer sandboxes) goes between "--" and the command
+    sep = len(tail) - len(argv)
+    words.insert(sep, '"${JHPC_CH_WRAP[@]}"')
+    out.append(Line(("exec " if exec_ else "") + '"${JHPC_CH[@]}" ' + " ".join(words)))
+    return out
 
 
 INSTANCE_PREFIX = "jhpc-"

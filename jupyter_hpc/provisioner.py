@@ -315,6 +315,15 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         "kernel's PATH, so packages installed there are importable. Only venvs inside the user's own "
         "venv directory are used (symlinks resolved).",
     )
+    runtime = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Container runtime for this kernel's image: 'apptainer' or 'charliecloud' (ch-run; the "
+        "image must be a directory). Default: the image's own choice (org.jupyter-hpc.runtime label, "
+        "Charliecloud image directories), else the site's (ContainerRuntime.mode).",
+    )
+    ch_run = Unicode("ch-run", config=True, help="Charliecloud's ch-run command on the compute nodes.")
     job_name = Unicode("jupyter-kernel", config=True, help="Slurm job name of kernel jobs.")
     extra_apptainer = TList(
         Unicode(),
@@ -389,6 +398,7 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
     _image_path: Optional[str] = None
     _request: Optional[slurm.JobRequest] = None
     _runtime_mode: str = "apptainer"
+    _image_runtime: Optional[str] = None
 
     _unknown_settings: List[str] = []
 
@@ -467,9 +477,14 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
             # As seen on the compute nodes; the job runs as the user, so no directory restriction,
             # but a path visible here must be an image the user can read (no '..', no symlink to
             # a file that is not an image).
+            from . import charliecloud
             from .images import check_local_image
 
-            return check_local_image(image)
+            path = check_local_image(image)
+            self._image_runtime = "charliecloud" if (
+                os.path.isdir(path) and not os.path.isdir(os.path.join(path, ".singularity.d"))
+                and charliecloud.is_image_dir(path)) else None
+            return path
         if "://" not in image and not re.fullmatch(r"[A-Za-z0-9_.:+-]{1,200}", image):
             raise ValidationError("image", f"{image[:80]!r} is neither an absolute path, an image id nor a reference")
         from .images import ImageCatalog
@@ -478,6 +493,7 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
         # pulled into the shared cache once rather than by every job.
         catalog = ImageCatalog(parent=self)
         resolved = await catalog.ensure(image, getpass.getuser())
+        self._image_runtime = resolved.runtime
         return apptainer.check_path(resolved.path, "image")
 
     def kernel_argv(self, cmd: List[str], connection_file: str) -> List[str]:
@@ -520,12 +536,20 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
             exec_=True,
             runtime=runtime,
             venv=venv,
+            ch_run=self.ch_run,
         )
 
     async def runtime_mode(self) -> str:
-        """``apptainer``, or ``host`` where containers cannot run (:class:`jupyter_hpc.runtime.ContainerRuntime`)."""
+        """``apptainer``, ``charliecloud`` (:attr:`runtime` or the image's choice), or ``host`` where
+        containers cannot run (:class:`jupyter_hpc.runtime.ContainerRuntime`)."""
+        from types import SimpleNamespace
+
         from .images import ImageCatalog
-        from .runtime import ContainerRuntime
+        from .runtime import CONTAINER_RUNTIMES, ContainerRuntime, for_image
+
+        wanted = self.runtime or self._image_runtime
+        if wanted is not None and wanted not in CONTAINER_RUNTIMES:
+            raise ValidationError("runtime", f"{str(wanted)[:40]!r} is not one of {', '.join(CONTAINER_RUNTIMES)}")
 
         runtime = ContainerRuntime(parent=self)
         if runtime.mode != "auto":
@@ -534,7 +558,7 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
             info = await runtime.resolve(ImageCatalog(parent=self), getpass.getuser())
         if not info.containers:
             self.log.warning("Kernel %s: %s (%s)", self.kernel_id, info.message, info.reason)
-        return info.mode
+        return for_image(info.mode, SimpleNamespace(runtime=wanted))
 
     def job_environment(self, env: Dict[str, str]) -> Dict[str, str]:
         """The environment sbatch runs with (the job inherits it): a few system

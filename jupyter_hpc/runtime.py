@@ -5,6 +5,8 @@ or the environment variable ``JUPYTER_HPC_CONTAINER_RUNTIME`` for every process
 of a session: server, kernels, ``%%hpc``):
 
 - ``apptainer`` (default): every job runs ``apptainer exec ... IMAGE ARGV``.
+- ``charliecloud``: every job runs ``ch-run ... IMAGE -- ARGV`` (directory images
+  only; see :mod:`jupyter_hpc.charliecloud`).
 - ``host``: every job runs ``ARGV`` directly on its node; the image only names
   the software the user chose. For machines without a container runtime.
 - ``auto``: probe once per process - the ``apptainer`` command must exist and
@@ -13,6 +15,11 @@ of a session: server, kernels, ``%%hpc``):
   (typically: no unprivileged user namespaces, or no Apptainer at all) jobs
   run on the host, and the REST API (``GET images`` -> ``runtime``), the Lab
   sidebar and ``%%hpc`` say so with :data:`HOST_MESSAGE`.
+
+Whatever the site's mode, an image can ask for its runtime
+(``org.jupyter-hpc.runtime`` label; Charliecloud image directories always run with
+Charliecloud): :func:`for_image` gives the runtime a job with that image uses.
+Only ``host`` (containers unavailable) overrides the image's choice.
 
 The probe runs as the process's own user (the single-user server, the kernel),
 which is also the user whose jobs run the containers. The batch scripts for
@@ -36,14 +43,15 @@ from .process import CommandError, run
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "apptainer", "host")
+MODES = ("auto", "apptainer", "charliecloud", "host")
+CONTAINER_RUNTIMES = ("apptainer", "charliecloud")
 ENV_MODE = "JUPYTER_HPC_CONTAINER_RUNTIME"
 HOST_MESSAGE = "Containers unavailable on this host: commands run directly on the node"
 
 
 @dataclass
 class RuntimeInfo:
-    """The runtime jobs use: ``mode`` is ``apptainer`` or ``host``."""
+    """The runtime jobs use: ``mode`` is ``apptainer``, ``charliecloud`` or ``host``."""
 
     mode: str
     configured: str
@@ -52,7 +60,7 @@ class RuntimeInfo:
 
     @property
     def containers(self) -> bool:
-        return self.mode == "apptainer"
+        return self.mode in CONTAINER_RUNTIMES
 
     @property
     def message(self) -> Optional[str]:
@@ -70,12 +78,15 @@ class RuntimeInfo:
 
 
 class ContainerRuntime(Configurable):
-    """Chooses between Apptainer and running commands directly on the node (see the module docs)."""
+    """Chooses between Apptainer, Charliecloud and running commands directly on the node (see the module docs)."""
 
     mode = CaselessStrEnum(
         MODES,
         help=(
             "How jobs run their command. 'apptainer': inside the chosen image with apptainer exec. "
+            "'charliecloud': inside the chosen image with ch-run (directory images only; SIF files "
+            "are refused with a message). Images that name their runtime (label "
+            "org.jupyter-hpc.runtime, Charliecloud image directories) use it in any mode but 'host'. "
             "'host': directly on the node, without a container (the image is only a label); for "
             "machines where containers cannot run. 'auto': probe once per process with "
             "'apptainer exec <probe_image> true' and use 'host' when that fails or apptainer is "
@@ -92,6 +103,12 @@ class ContainerRuntime(Configurable):
         return value if value in MODES else "apptainer"
 
     apptainer = Unicode("apptainer", help="apptainer command used by the 'auto' probe.").tag(config=True)
+
+    ch_run = Unicode(
+        "ch-run",
+        help="Charliecloud's ch-run command (name on PATH or absolute path) for jobs whose image runs "
+        "with Charliecloud.",
+    ).tag(config=True)
 
     probe_image = Unicode(
         "",
@@ -167,9 +184,24 @@ class ContainerRuntime(Configurable):
             log.warning("container runtime probe: cannot list images: %s", e)
             return None
         for img in images:
-            if getattr(img, "path", None):
+            # Charliecloud images do not tell whether Apptainer works
+            if getattr(img, "path", None) and getattr(img, "runtime", None) != "charliecloud":
                 return img.path
         return None
+
+
+def for_image(mode: str, image: Any) -> str:
+    """The runtime a job with ``image`` uses when this process's runtime is ``mode``.
+
+    ``host`` stays ``host`` (no containers here); otherwise the image's own choice
+    (``image.runtime``: ``apptainer``/``charliecloud``) wins over the site's mode.
+    """
+    if mode == "host":
+        return "host"
+    wanted = getattr(image, "runtime", None)
+    if wanted in CONTAINER_RUNTIMES:
+        return wanted
+    return mode
 
 
 def _failure_reason(error: CommandError) -> str:
@@ -187,4 +219,5 @@ def _failure_reason(error: CommandError) -> str:
     return f"'{' '.join(error.argv[:2])} ... true' failed: {text[:300]}"
 
 
-__all__ = ["ContainerRuntime", "RuntimeInfo", "MODES", "ENV_MODE", "HOST_MESSAGE"]
+__all__ = ["ContainerRuntime", "RuntimeInfo", "MODES", "CONTAINER_RUNTIMES", "ENV_MODE", "HOST_MESSAGE",
+           "for_image"]

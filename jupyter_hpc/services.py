@@ -141,9 +141,12 @@ class ServiceManager:
         )
         comment = make_comment(kind="service", name=name, image=comment_value(image.id))
         argv = self.cells.image_python + ["-m", "jupyter_hpc.services"] + command
-        mode = await self.cells.runtime_mode()
+        mode = await self.cells.runtime_mode(image)
         if instance and mode == "host":
             raise ValidationError("instance", "Apptainer instances need containers; they cannot run on this host")
+        if instance and mode != "apptainer":
+            raise ValidationError("instance", f"Apptainer instances need the Apptainer runtime; {image.id} runs "
+                                              f"with {mode}. Start the service without 'instance'.")
         script = build_container_script(
             image.path,
             argv,
@@ -156,6 +159,7 @@ class ServiceManager:
             exclusive=req.exclusive,
             venv=venv,
             instance=instance,
+            ch_run=self.cells.ch_run,
         )
         os.makedirs(os.path.dirname(self.services_dir), mode=0o700, exist_ok=True)
         os.makedirs(self.services_dir, mode=0o700, exist_ok=True)

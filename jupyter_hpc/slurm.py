@@ -731,6 +731,31 @@ def squeue_argv(
     return argv
 
 
+#: What slurmstepd (jobacct_gather's OverMemoryKill) and the cgroup plugins write to a
+#: job's stderr when it is killed for using more memory than it asked for.
+_MEMORY_KILL = re.compile(
+    r"exceeded (?:job )?memory limit|Detected \d+ oom[-_ ]kill event|oom[-_]kill event|Out Of Memory",
+    re.IGNORECASE,
+)
+
+
+def memory_exceeded(stderr: Optional[str]) -> bool:
+    """Whether a job's stderr says Slurm killed it for exceeding its memory limit.
+
+    With cgroups the job simply ends ``OUT_OF_MEMORY``; without them (jobacct_gather
+    ``OverMemoryKill``) it ends ``FAILED``/``CANCELLED`` and only slurmstepd's
+    ``Exceeded job memory limit`` line tells why.
+    """
+    return bool(stderr) and bool(_MEMORY_KILL.search(stderr))
+
+
+def ended_state(state: str, stderr: Optional[str]) -> str:
+    """The end state to report: ``OUT_OF_MEMORY`` when the stderr says so, else ``state``."""
+    if state in ("FAILED", "CANCELLED", "NODE_FAIL", "ENDED") and memory_exceeded(stderr):
+        return "OUT_OF_MEMORY"
+    return state
+
+
 def is_invalid_job_error(stderr: str) -> bool:
     return "Invalid job id" in (stderr or "")
 
@@ -1185,6 +1210,8 @@ def srun_in_job_argv(job_id: Any, argv: Sequence[str], srun: str = "srun", node:
 
 
 __all__ = [
+    "memory_exceeded",
+    "ended_state",
     "DELIM",
     "COMMENT_PREFIX",
     "UNTYPED_GPU",

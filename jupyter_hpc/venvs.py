@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import re
 import shutil
 import time
@@ -131,6 +132,35 @@ def list_venvs(home: str) -> List[Dict[str, Any]]:
             out.append(describe(home, name))
         except ValidationError:
             continue
+    return out
+
+
+def venv_names(home: str, limit: int = 200) -> List[str]:
+    """Names of the user's venvs, looked at without opening any file (safe for a root process).
+
+    An entry counts when it is a real directory (not a symlink) with a regular
+    ``pyvenv.cfg``; at most ``limit`` names, sorted.
+    """
+    root = venv_root(home)
+    try:
+        if not stat.S_ISDIR(os.lstat(root).st_mode):
+            return []
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    out: List[str] = []
+    for name in names:
+        try:
+            venv_name(name)
+            if not stat.S_ISDIR(os.lstat(os.path.join(root, name)).st_mode):
+                continue
+            if not stat.S_ISREG(os.lstat(os.path.join(root, name, "pyvenv.cfg")).st_mode):
+                continue
+        except (OSError, ValidationError):
+            continue
+        out.append(name)
+        if len(out) >= limit:
+            break
     return out
 
 

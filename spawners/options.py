@@ -384,8 +384,12 @@ def render_form(
     limits: Optional[Limits] = None,
     allowed_partitions: Sequence[str] = (),
     previous: Optional[Mapping[str, Any]] = None,
+    venvs: Sequence[str] = (),
 ) -> str:
-    """The spawn form (a fragment inside JupyterHub's ``<form>``). Every text is HTML-escaped."""
+    """The spawn form (a fragment inside JupyterHub's ``<form>``). Every text is HTML-escaped.
+
+    ``venvs``: names of the user's venvs, offered in a list (a text field when there are none).
+    """
     defaults = dict(defaults or {})
     previous = {k: v for k, v in (previous or {}).items() if k in OPTION_KEYS and isinstance(v, (str, int))}
     limits = limits or Limits()
@@ -412,11 +416,13 @@ def render_form(
         title = getattr(img, "title", None) or getattr(img, "name", None) or image_id_of(img)
         desc = getattr(img, "description", None) or ""
         gpu = " [GPU-ready]" if getattr(img, "gpu", False) else ""
+        if getattr(img, "runtime", None) == "charliecloud":
+            gpu += " [Charliecloud]"
         owner = getattr(img, "owner", "site")
         where = "" if owner in (None, "site") else " (your image)"
         image_choices.append((image_id_of(img), f"{title}{gpu}{where}" + (f" - {desc}" if desc else "")))
     out.append(_select("image", "Container image", [("", "(profile / site default)")] + image_choices,
-                       chosen.get("image", ""), "The server runs inside this Apptainer image."))
+                       chosen.get("image", ""), "The server runs inside this image (Apptainer, or Charliecloud where marked)."))
     part_choices = []
     for p in parts:
         bits = [f"{p.cpus} CPUs", f"{p.memory_mb // 1024} GB" if p.memory_mb >= 1024 else f"{p.memory_mb} MB"]
@@ -446,8 +452,12 @@ def render_form(
                       "", shown_defaults.get("time")))
     out.append(_input("account", "Account (optional)", chosen.get("account"), "text",
                       "Slurm account to charge; empty for your default.", "", shown_defaults.get("account")))
-    out.append(_input("venv", "Python venv (optional)", chosen.get("venv"), "text",
-                      "Name of one of your venvs in ~/.jupyter-hpc/venvs (jupyter hpc venv create NAME --image IMAGE); "
-                      "empty: the image's own packages only."))
+    venv_help = ("Your venvs in ~/.jupyter-hpc/venvs (jupyter hpc venv create NAME --image IMAGE), first on the "
+                 "server's path; none: the image's own packages only.")
+    if venvs:
+        out.append(_select("venv", "Python venv (optional)", [("", "(none)")] + [(v, v) for v in venvs],
+                           chosen.get("venv", ""), venv_help))
+    else:
+        out.append(_input("venv", "Python venv (optional)", chosen.get("venv"), "text", venv_help))
     out.append("</div>")
     return "\n".join(out)

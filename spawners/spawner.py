@@ -32,11 +32,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from batchspawner import JobStatus as BatchJobStatus
 from batchspawner import SlurmSpawner
 from tornado import web
-from traitlets import Bool, Dict as DictTrait, Float, Integer, List as ListTrait, Unicode, default, validate as validate_trait
+from traitlets import Bool, CaselessStrEnum, Dict as DictTrait, Float, Integer, List as ListTrait, Unicode, default, validate as validate_trait
 
 from jupyter_hpc import hosttools, jobscript, process, slurm, validate
 from jupyter_hpc.cluster import SlurmUnavailable
 from jupyter_hpc.images import CATALOG_ENV
+from jupyter_hpc.runtime import for_image
 from jupyter_hpc.validate import ValidationError
 
 from . import options as opts_mod
@@ -148,6 +149,16 @@ class ApptainerSlurmSpawner(SlurmSpawner):
     ).tag(config=True)
 
     apptainer_command = Unicode("apptainer", help="Apptainer executable on the compute nodes.").tag(config=True)
+
+    container_runtime = CaselessStrEnum(
+        ["apptainer", "charliecloud"],
+        default_value="apptainer",
+        help="Site-wide container runtime of servers: 'apptainer' (apptainer exec) or 'charliecloud' "
+        "(ch-run; directory images only, SIF files are refused with a message). An image that names "
+        "its runtime (label org.jupyter-hpc.runtime; Charliecloud image directories) uses that one.",
+    ).tag(config=True)
+
+    ch_run_command = Unicode("ch-run", help="Charliecloud's ch-run executable on the compute nodes.").tag(config=True)
 
     apptainer_args = ListTrait(
         Unicode(), default_value=[], help="Extra options for 'apptainer exec' (admin only, passed verbatim)."
@@ -417,6 +428,12 @@ class ApptainerSlurmSpawner(SlurmSpawner):
         previous = {}
         if getattr(self, "orm_spawner", None) is not None and self.orm_spawner.user_options:
             previous = self.orm_spawner.user_options
+        from jupyter_hpc import venvs
+
+        try:
+            names = await asyncio.wait_for(asyncio.to_thread(venvs.venv_names, self._home()), timeout=10)
+        except (KeyError, asyncio.TimeoutError):
+            names = []
         return opts_mod.render_form(
             partitions=partitions,
             images=images,
@@ -425,6 +442,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):
             limits=self._limits(),
             allowed_partitions=self.allowed_partitions,
             previous=previous,
+            venvs=names,
         )
 
     @default("options_from_form")
@@ -482,6 +500,21 @@ class ApptainerSlurmSpawner(SlurmSpawner):
                 out.append(tuple(parts))
         return out
 
+    def _server_cmd(self, venv: Optional[str]) -> List[str]:
+        """The server command; with a venv, ``jupyterhub-singleuser`` runs on the venv's Python.
+
+        Kernels of the server use the server's own Python (ipykernel's default
+        kernelspec), so the venv's packages are importable in notebooks only when
+        the server itself runs there (venvs see the image's packages as well).
+        """
+        cmd = list(self.cmd)
+        if venv and cmd and os.path.basename(cmd[0]) == "jupyterhub-singleuser":
+            return [f"{venv}/bin/python", "-m", "jupyterhub.singleuser"] + cmd[1:]
+        if venv:
+            self.log.warning("Spawner.cmd %s is not jupyterhub-singleuser: the venv %s is only put first on PATH",
+                             cmd[:1], venv)
+        return cmd
+
     def build_job(self, chosen: opts_mod.SpawnOptions, image: Any, home: str) -> Tuple[slurm.JobRequest, str, Dict[str, str]]:
         """The Slurm request, the batch script and the job environment of one spawn."""
         out_dir = self.output_dir.replace("{home}", home).replace("{username}", self.username)
@@ -512,25 +545,30 @@ class ApptainerSlurmSpawner(SlurmSpawner):
                 venv = venvs.resolve(home, chosen.venv)
             except ValidationError as e:
                 raise invalid_options(e) from None
-        argv = list(self.cmd) + [f"--ip={self.singleuser_ip}", "--port={port}"] + list(self.get_args())
-        script = jobscript.build_container_script(
-            image.path,
-            argv,
-            binds=self._binds(home),
-            nv=chosen.gpus > 0,
-            cleanenv=self.cleanenv,
-            pwd=home,
-            apptainer=self.apptainer_command,
-            apptainer_extra=self.apptainer_args,
-            env_names=sorted(set(env) | {validate.env_name(n) for n in self.job_env_names}),
-            setup=[list(c) for c in self.setup_commands],
-            port=True,
-            port_range=tuple(self.port_range),
-            comment=comment,
-            host=self.host_from,
-            directives=["--signal=B:TERM@30"],
-            venv=venv,
-        )
+        argv = self._server_cmd(venv) + [f"--ip={self.singleuser_ip}", "--port={port}"] + list(self.get_args())
+        try:
+            script = jobscript.build_container_script(
+                image.path,
+                argv,
+                binds=self._binds(home),
+                nv=chosen.gpus > 0,
+                cleanenv=self.cleanenv,
+                pwd=home,
+                apptainer=self.apptainer_command,
+                apptainer_extra=self.apptainer_args,
+                runtime=for_image(self.container_runtime, image),
+                ch_run=self.ch_run_command,
+                env_names=sorted(set(env) | {validate.env_name(n) for n in self.job_env_names}),
+                setup=[list(c) for c in self.setup_commands],
+                port=True,
+                port_range=tuple(self.port_range),
+                comment=comment,
+                host=self.host_from,
+                directives=["--signal=B:TERM@30"],
+                venv=venv,
+            )
+        except ValidationError as e:
+            raise invalid_options(e) from None
         job_env = {"PATH": self.job_path, "LANG": os.environ.get("LANG", "C.UTF-8"), "USER": self.username, "HOME": home}
         job_env.update(env)
         return req, script, job_env

@@ -39,6 +39,7 @@ import {
   IPartition,
   IService,
   IShareRecord,
+  IVenv,
   PLUGIN_ID
 } from './tokens';
 import { describeError } from './widgets/common';
@@ -249,6 +250,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     };
 
+    const loadVenvs = async (): Promise<IVenv[]> => {
+      try {
+        const answer = await requestAPI<{ venvs: IVenv[] }>('venvs', {}, serverSettings);
+        return answer.venvs ?? [];
+      } catch {
+        return []; // no venvs to offer: the dialogs leave the field out
+      }
+    };
+
     const initialChoice = (runnable: IImage[]): IRunCellChoice => {
       const last = loadLastChoice();
       const choice: IRunCellChoice = {
@@ -301,9 +311,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
           });
           return;
         }
-        const [runnable, partitions] = await Promise.all([
+        const [runnable, partitions, venvs] = await Promise.all([
           loadImages(),
-          loadPartitions()
+          loadPartitions(),
+          loadVenvs()
         ]);
         if (runnable.length === 0) {
           Notification.error(
@@ -312,10 +323,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
           );
           return;
         }
+        const initial = initialChoice(runnable);
+        if (initial.venv && !venvs.some(v => v.name === initial.venv)) {
+          initial.venv = undefined; // removed since it was last used
+        }
         const form = new RunCellForm({
           images: runnable,
           partitions,
-          initial: initialChoice(runnable)
+          initial,
+          venvs
         });
         const result = await showDialog<IRunCellChoice>({
           title: 'Run cell as HPC batch job',
@@ -339,7 +355,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
             cpus: choice.cpus,
             memory: choice.memory,
             time: choice.time,
-            exclusive: !!choice.exclusive
+            exclusive: !!choice.exclusive,
+            ...(choice.venv ? { venv: choice.venv } : {})
           });
           void jobs.refresh().catch(() => undefined);
           Notification.info(`Submitted batch job ${jobId}.`, { autoClose: 3000 });
@@ -461,14 +478,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
       caption: 'Start a web service as a batch job and open it through the proxy',
       icon: hpcIcon,
       execute: async () => {
-        const [runnable, partitions] = await Promise.all([
+        const [runnable, partitions, venvs] = await Promise.all([
           loadImages(),
-          loadPartitions()
+          loadPartitions(),
+          loadVenvs()
         ]);
+        const initial = initialChoice(runnable);
+        if (initial.venv && !venvs.some(v => v.name === initial.venv)) {
+          initial.venv = undefined;
+        }
         const form = new ServiceForm({
           images: runnable,
           partitions,
-          initial: initialChoice(runnable)
+          initial,
+          venvs
         });
         const result = await showDialog<IServiceChoice>({
           title: 'Start a service',
@@ -490,7 +513,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
             memory: v.memory,
             time: v.time,
             exclusive: !!v.exclusive,
-            instance: !!v.instance
+            instance: !!v.instance,
+            ...(v.venv ? { venv: v.venv } : {})
           });
           Notification.info(
             `Service "${service.name}" submitted as job ${service.job_id}; open it from the HPC sidebar once it runs.`,

@@ -23,7 +23,11 @@ export namespace CommandIDs {
   export const startService = 'jupyter-hpc:start-service';
 }
 
-export type ImageFormat = 'sif' | 'sandbox' | 'remote';
+/** `directory`: a Charliecloud image directory, run with ch-run. */
+export type ImageFormat = 'sif' | 'sandbox' | 'directory' | 'remote';
+
+/** Container runtimes an image can ask for. */
+export type ContainerRuntimeName = 'apptainer' | 'charliecloud';
 
 export interface IImage {
   id: string;
@@ -39,15 +43,17 @@ export interface IImage {
   apps: string[];
   owner: string;
   pulled: boolean;
+  /** The runtime the image asks for; null: the site's (IRuntime.mode). */
+  runtime?: ContainerRuntimeName | null;
 }
 
 /**
- * How jobs run their commands (`GET images` -> `runtime`): inside Apptainer
- * images, or directly on the node where containers cannot run.
+ * How jobs run their commands (`GET images` -> `runtime`): inside Apptainer or
+ * Charliecloud images, or directly on the node where containers cannot run.
  */
 export interface IRuntime {
-  mode: 'apptainer' | 'host';
-  configured: 'auto' | 'apptainer' | 'host';
+  mode: ContainerRuntimeName | 'host';
+  configured: 'auto' | ContainerRuntimeName | 'host';
   containers: boolean;
   /** What to tell the user when containers are unavailable; null otherwise. */
   message: string | null;
@@ -107,7 +113,19 @@ export interface ICellJobRequest {
   memory: string;
   time: string;
   exclusive?: boolean;
+  /** One of the user's venvs (`GET venvs`), first on the job's path. */
+  venv?: string;
   cwd?: string;
+}
+
+/** One of the user's Python venvs layered on an image (`GET venvs`). */
+export interface IVenv {
+  name: string;
+  path: string;
+  image: string | null;
+  image_path: string | null;
+  python: string | null;
+  created: number | null;
 }
 
 /** Answer of `GET cells/{id}?since=N`. */
@@ -157,6 +175,7 @@ export interface IServiceRequest {
   time?: string;
   exclusive?: boolean;
   instance?: boolean;
+  venv?: string;
 }
 
 /** User settings (`schema/plugin.json`). */

@@ -384,3 +384,80 @@ def test_kernel_runs_with_the_users_venv(testbed, run_as):
         as_alice("rm", "-rf", kernel_dir)
         as_alice(cli, "venv", "remove", name, check=False)
     assert f"prefix {path} kernel-venv" in proc.stdout, proc.stdout + proc.stderr
+
+
+# -- resource limits enforced by Slurm ----------------------------------------------------------
+
+
+def test_cell_over_its_memory_is_reported_out_of_memory(alice, cancel_jobs):
+    """Slurm kills a cell job that uses more than its --mem; the cell says "out of memory", not "failed"."""
+    code = ("import time\nblocks = []\n"
+            "for i in range(60):\n    blocks.append(bytearray(32 * 1024 * 1024))\n    time.sleep(0.1)\n"
+            "print('survived')\n")
+    job = submit(alice, code, memory="256M")
+    cancel_jobs.append(job)
+    outputs, last, _ = wait_cell(alice, job, timeout=180)
+    assert last["state"] == "OUT_OF_MEMORY" and last["status"] == "error", (last, outputs)
+    err = [o for o in outputs if o.get("output_type") == "error"]
+    assert err and err[-1]["ename"] == "OutOfMemory", outputs
+    text = "\n".join(err[-1]["traceback"])
+    assert "ran out of memory" in text and "256M" in text and "Exceeded job memory limit" in text, text
+    assert "survived" not in stdout_of(outputs)
+    # within the limit the same kind of cell is fine
+    ok = submit(alice, "blocks = [bytearray(16 * 1024 * 1024) for _ in range(2)]\nprint('fits')\n", memory="512M")
+    cancel_jobs.append(ok)
+    outputs, last, _ = wait_cell(alice, ok, timeout=120)
+    assert last["status"] == "ok" and "fits" in stdout_of(outputs), outputs
+
+
+# -- a hub-spawned server with the user's venv -------------------------------------------------------
+
+
+def test_spawned_server_uses_the_users_venv(testbed, tmp_path_factory):
+    """The spawn form offers alice's venvs; the server spawned with one imports its packages first."""
+    import re as _re
+    import secrets
+
+    import requests
+
+    from hub_fixtures import HubProcess
+
+    home = pwd.getpwnam("alice").pw_dir
+    cli = f"{testbed['VENV']}/bin/jupyter-hpc"
+    name = "seed-spawn-venv"
+    as_alice(cli, "venv", "remove", name, check=False)
+    as_alice(cli, "venv", "create", name, "--image", IMAGE)
+    path = os.path.join(os.path.realpath(os.path.join(home, ".jupyter-hpc", "venvs")), name)
+    as_alice("bash", "-c", f"cd {path}/lib/python3*/site-packages && echo 'WHERE = \"spawn-venv\"' > seed_spawn_pkg.py")
+    job_name = "jhvenv-" + secrets.token_hex(3)
+    hub = HubProcess(str(tmp_path_factory.mktemp("venvhub")), job_name=job_name, poll_interval=5)
+    hub.start()
+    try:
+        s = requests.Session()
+        s.get(hub.url + "/hub/login", timeout=30)
+        xsrf = s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf")
+        r = s.post(hub.url + "/hub/login", data={"username": "alice", "password": hub.password, "_xsrf": xsrf},
+                   allow_redirects=False, timeout=30)
+        assert r.status_code in (302, 303), r.text[:300]
+        page = s.get(hub.url + "/hub/spawn", timeout=60).text
+        assert _re.search(r'<select[^>]*name="venv"', page) and f'<option value="{name}">' in page, page[:3000]
+
+        r = hub.spawn("alice", {"image": IMAGE, "venv": name, "partition": "cpu", "memory": "1G",
+                                "time": "00:30:00"})
+        assert r.status_code in (201, 202), r.text
+        hub.wait_ready("alice", timeout=150)
+        out = hub.run_code("alice", "import os, sys, seed_spawn_pkg\n"
+                                    "print('server', sys.prefix, seed_spawn_pkg.WHERE, os.environ.get('VIRTUAL_ENV'))")
+        assert f"server {path} spawn-venv {path}" in out, out
+        hub.stop_server("alice")
+        # a venv name that is not one of alice's is refused before anything is submitted
+        r = hub.spawn("alice", {"image": IMAGE, "venv": "../escape"})
+        assert r.status_code == 400 and "venv" in r.text, r.text
+    finally:
+        try:
+            if hub.server("alice") is not None:
+                hub.stop_server("alice")
+        finally:
+            hub.stop()
+            subprocess.run(["scancel", "--name=" + job_name], check=False)
+            as_alice(cli, "venv", "remove", name, check=False)

@@ -116,6 +116,11 @@ def test_form_data_and_form_html():
     assert 'value="site:notebook.sif"' in html and "[GPU-ready]" in html
     assert "<b>" not in html and "&lt;b&gt;" in html
     assert 'name="partition"' in html and "tesla:2" in html
+    # no venvs: a text field; venvs: a list with "(none)" first, names escaped
+    assert '<input class="form-control" type="text" id="hpc-venv"' in html
+    html = o.render_form(partitions=PARTS, images=IMAGES, venvs=["analysis", "x<y>"], previous={"venv": "analysis"})
+    assert '<select class="form-control form-select" id="hpc-venv" name="venv">' in html
+    assert '<option value="analysis" selected>analysis</option>' in html and "x&lt;y&gt;" in html
 
 
 def test_profile_configuration_errors():

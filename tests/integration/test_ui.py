@@ -212,6 +212,26 @@ def test_pull_remote_image_from_images_list(lab):
     assert (ARTIFACTS / "41-pull-done.png").is_file()
 
 
+def test_run_dialog_offers_the_users_venvs(lab, testbed):
+    """A venv of alice's is offered in the run dialog; the cell job imports its package."""
+    cli = f"{testbed['VENV']}/bin/jupyter-hpc"
+    home = pwd.getpwnam(USER).pw_dir
+
+    def as_user(*argv, check=True):
+        return subprocess.run([RUNUSER, "-u", USER, "--"] + list(argv), capture_output=True, text=True,
+                              timeout=300, check=check, cwd=home)
+
+    as_user(cli, "venv", "remove", "ui-venv", check=False)
+    as_user(cli, "venv", "create", "ui-venv", "--image", "site:notebook.sif")
+    try:
+        as_user("bash", "-c", "cd ~/.jupyter-hpc/venvs/ui-venv/lib/python3*/site-packages && "
+                              "echo 'WHERE = \"ui-venv-package\"' > ui_venv_pkg.py")
+        run_ui(lab, "venv")
+        assert (ARTIFACTS / "51-venv-done.png").is_file()
+    finally:
+        as_user(cli, "venv", "remove", "ui-venv", check=False)
+
+
 def test_service_opens_in_lab_tab(lab):
     """A web service job is opened in a Lab tab (proxied iframe) and stopped."""
     run_ui(lab, "service")

@@ -43,6 +43,7 @@ IMAGE_DIR=$TB_IMAGE_DIR
 NOTEBOOK_SIF=$TB_NOTEBOOK_SIF
 PYTORCH_SIF=$TB_TORCH_SIF
 SANDBOX_DIR=$TB_SANDBOX_DIR
+CH_IMAGE_DIR=$TB_CH_DIR
 USER_IMAGE_DIR_TEMPLATE={home}/images
 ALICE_PRIVATE_SIF=/home/alice/images/alice-private.sif
 PULL_CACHE=$TB_PULL_CACHE
@@ -138,7 +139,7 @@ cmd_status() {
     _st venv "$([[ -x $TB_VENV/bin/python ]] && "$TB_VENV/bin/python" -c 'import jupyter_hpc, jupyterhub; print("jupyterhub", jupyterhub.__version__)' 2>/dev/null || echo "missing/broken")"
     _st chp "$([[ -x $TB_CHP ]] && echo "$TB_CHP" || echo missing)"
     local f
-    for f in "$TB_NOTEBOOK_SIF" "$TB_SANDBOX_DIR" "$TB_TORCH_SIF" /home/alice/images/alice-private.sif; do
+    for f in "$TB_NOTEBOOK_SIF" "$TB_SANDBOX_DIR" "$TB_CH_DIR" "$TB_TORCH_SIF" /home/alice/images/alice-private.sif; do
         _st "$(basename "$f")" "$([[ -e $f ]] && du -sh "$f" 2>/dev/null | cut -f1 || echo missing)"
     done
     _st env-file "$([[ -f $TB_ENV_FILE ]] && echo "$TB_ENV_FILE" || echo missing)"

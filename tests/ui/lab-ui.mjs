@@ -100,7 +100,7 @@ async function dismissToasts(page) {
   }
 }
 
-async function runCellAsJob(page, cellIndex, shotPrefix) {
+async function runCellAsJob(page, cellIndex, shotPrefix, venv) {
   const cell = page.locator('.jp-Notebook .jp-CodeCell').nth(cellIndex);
   await cell.locator('.jp-InputArea-editor').click();
   await cell.locator('.jp-InputArea-editor').click({ button: 'right' });
@@ -118,6 +118,14 @@ async function runCellAsJob(page, cellIndex, shotPrefix) {
     throw new Error(`image ${IMAGE} not offered in the dialog (offered: ${values.join(', ')})`);
   }
   await select.selectOption(IMAGE);
+  if (venv) {
+    const venvSelect = dialog.locator('select[name="venv"]');
+    const offered = await venvSelect.locator('option').evaluateAll(os => os.map(o => o.value));
+    if (!offered.includes(venv)) {
+      throw new Error(`venv ${venv} not offered in the dialog (offered: ${offered.join(', ')})`);
+    }
+    await venvSelect.selectOption(venv);
+  }
   await dialog.locator('input[name="memory"]').fill('1G');
   await dialog.locator('input[name="time"]').fill('00:10:00');
   if (shotPrefix) {
@@ -174,6 +182,37 @@ const scenarios = {
       throw new Error(`filter "sandbox" shows ${filtered.join(', ')}`);
     }
     await shot(page, '03-sidebar-filter');
+    // A Charliecloud image carries its runtime badge.
+    await panel.locator('.jp-HPC-search').fill('');
+    const ch = panel.locator('.jp-HPC-image[data-image-id="site:notebook-ch"]');
+    if (await ch.count()) {
+      await ch.locator('.jp-HPC-runtime').waitFor({ timeout: 5000 });
+      log('notebook-ch shows', await ch.locator('.jp-HPC-runtime').innerText());
+    }
+    await page.close();
+  },
+
+  /** The run dialog offers the user's venvs; the cell runs with the chosen one first on its path. */
+  async venv(context) {
+    const venv = process.env.UI_VENV || 'ui-venv';
+    const name = `hpc-ui-venv-${Date.now()}.ipynb`;
+    await putNotebook(name, [
+      'import sys, ui_venv_pkg\nprint("prefix", sys.prefix, ui_venv_pkg.WHERE)'
+    ]);
+    const page = await openLab(context, `lab/tree/${name}`);
+    await page.locator('.jp-Notebook .jp-CodeCell').first().waitFor({ timeout: 30000 });
+    const { cell, status, jobId } = await runCellAsJob(page, 0, '50-venv', venv);
+    await page.waitForFunction(
+      el => ['done', 'failed', 'cancelled'].includes(el.dataset.state),
+      await status.elementHandle(),
+      { timeout: JOB_TIMEOUT, polling: 500 }
+    );
+    await shot(page, '51-venv-done');
+    const text = await cell.locator('.jp-OutputArea').innerText();
+    log('job', jobId, 'outputs:', JSON.stringify(text.slice(0, 300)));
+    if ((await status.getAttribute('data-state')) !== 'done' || !text.includes(`${venv} ui-venv-package`)) {
+      throw new Error(`the cell did not run with venv ${venv}: ${text}`);
+    }
     await page.close();
   },
 

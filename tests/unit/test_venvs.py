@@ -165,3 +165,19 @@ def test_kernel_provisioner_venv(tmp_path, monkeypatch):
     for bad in ("../x", "missing"):
         with pytest.raises(ValidationError):
             make(bad).batch_script("/i.sif", ["python3"], [])
+
+
+def test_venv_names_looks_without_opening_files(tmp_path):
+    from jupyter_hpc.venvs import venv_names, venv_root
+
+    root = tmp_path / venv_root("x").split("x/", 1)[1]
+    (root / "good").mkdir(parents=True)
+    (root / "good" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (root / "no-cfg").mkdir()
+    (root / "fifo-cfg").mkdir()
+    os.mkfifo(root / "fifo-cfg" / "pyvenv.cfg")  # opening it would block: never opened
+    (root / "link").symlink_to(root / "good")
+    (root / "bad name").mkdir()
+    (root / "bad name" / "pyvenv.cfg").write_text("")
+    assert venv_names(str(tmp_path)) == ["good"]
+    assert venv_names(str(tmp_path / "nowhere")) == []

@@ -2,7 +2,7 @@ import { Dialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { parseNames } from '../models/services';
-import { IImage, IPartition } from '../tokens';
+import { IImage, IPartition, IVenv } from '../tokens';
 
 /** What the user chose in the "Run cell as HPC batch job" dialog. */
 export interface IRunCellChoice {
@@ -14,6 +14,8 @@ export interface IRunCellChoice {
   time: string;
   /** The whole node for this job (sbatch --exclusive), for clean measurements. */
   exclusive?: boolean;
+  /** One of the user's venvs ('' or absent: the image's own packages only). */
+  venv?: string;
 }
 
 /** Where the last choice is remembered (per browser). */
@@ -109,11 +111,13 @@ export class RunCellForm
     images: IImage[];
     partitions: IPartition[];
     initial: IRunCellChoice;
+    venvs?: IVenv[];
   }) {
     super();
     this.addClass('jp-HPC-form');
     this.addClass('jp-HPC-run-cell-form');
     const { images, partitions, initial } = options;
+    const venvs = options.venvs ?? [];
     const form = this.node;
 
     const imageOptions: Array<[string, string]> = images.map(i => [
@@ -125,6 +129,29 @@ export class RunCellForm
     }
     this._image = select('image', imageOptions, initial.image);
     field(form, 'Image', this._image, 'The container the cell runs in.');
+
+    if (venvs.length > 0) {
+      this._venv = select(
+        'venv',
+        [
+          ['', 'None (the image’s own packages)'],
+          ...venvs.map(
+            v =>
+              [v.name, v.image ? `${v.name} (made from ${v.image})` : v.name] as [
+                string,
+                string
+              ]
+          )
+        ],
+        initial.venv ?? ''
+      );
+      field(
+        form,
+        'Python venv',
+        this._venv,
+        'Your packages in ~/.jupyter-hpc/venvs, first on the path (use it with the image it was made from).'
+      );
+    }
 
     const partitionOptions: Array<[string, string]> = [
       ['', 'Cluster default'],
@@ -183,11 +210,13 @@ export class RunCellForm
       cpus: Math.max(1, parseInt(this._cpus.value, 10) || 1),
       memory: this._memory.value.trim(),
       time: this._time.value.trim(),
-      exclusive: this._exclusive.checked
+      exclusive: this._exclusive.checked,
+      venv: this._venv?.value || undefined
     };
   }
 
   private _image: HTMLSelectElement;
+  private _venv: HTMLSelectElement | null = null;
   private _partition: HTMLSelectElement;
   private _gpus: HTMLInputElement;
   private _cpus: HTMLInputElement;
@@ -224,6 +253,7 @@ export class ServiceForm
     images: IImage[];
     partitions: IPartition[];
     initial: IRunCellChoice;
+    venvs?: IVenv[];
   }) {
     super();
     this.addClass('jp-HPC-form');

@@ -88,6 +88,11 @@ function ImageRow(props: {
           {image.format}
         </span>
         {image.gpu ? <span className="jp-HPC-badge jp-HPC-gpu">GPU</span> : null}
+        {image.runtime === 'charliecloud' ? (
+          <span className="jp-HPC-badge jp-HPC-runtime" title="Runs with Charliecloud (ch-run)">
+            ch-run
+          </span>
+        ) : null}
         {image.format === 'remote' && image.pulled ? (
           <span className="jp-HPC-badge jp-HPC-pulled" title="In the pull cache">pulled</span>
         ) : null}

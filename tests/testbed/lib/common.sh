@@ -12,6 +12,7 @@ TB_CHP=$TB_NODE_PREFIX/node_modules/.bin/configurable-http-proxy
 TB_IMAGE_DIR=$TB_ROOT/images
 TB_NOTEBOOK_SIF=$TB_IMAGE_DIR/notebook.sif
 TB_SANDBOX_DIR=$TB_IMAGE_DIR/notebook-sandbox
+TB_CH_DIR=$TB_IMAGE_DIR/notebook-ch
 TB_PULL_CACHE=$TB_ROOT/cache
 TB_BUILD_CACHE=/var/cache/jupyter-hpc
 TB_ENV_FILE=/etc/jupyter-hpc/testbed.env

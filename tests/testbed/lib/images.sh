@@ -169,7 +169,7 @@ build_notebook_images() {
     base_key=$( { env_key; images_script_hash; } | short_hash)
     full_key=$( { echo "$base_key"; echo "$whash"; } | short_hash)
     local sif=$TB_BUILD_CACHE/notebook-$full_key.sif mark=$TB_IMAGE_DIR/.notebook.key
-    if [[ -f $mark && $(<"$mark") == "$full_key" && -s $TB_NOTEBOOK_SIF && -d $TB_SANDBOX_DIR ]]; then
+    if [[ -f $mark && $(<"$mark") == "$full_key" && -s $TB_NOTEBOOK_SIF && -d $TB_SANDBOX_DIR && -d $TB_CH_DIR ]]; then
         log "notebook images up to date ($full_key)"
         return 0
     fi
@@ -198,9 +198,53 @@ EOT
     ln -f "$sif" "$TB_NOTEBOOK_SIF.tmp" 2>/dev/null || cp "$sif" "$TB_NOTEBOOK_SIF.tmp"
     chmod 0644 "$TB_NOTEBOOK_SIF.tmp"
     mv -f "$TB_NOTEBOOK_SIF.tmp" "$TB_NOTEBOOK_SIF"
+    build_charliecloud_image "$full_key" || return 1
     echo "$full_key" >"$mark"
     # Keep the two newest notebook SIFs in the cache.
     ls -t "$TB_BUILD_CACHE"/notebook-*.sif 2>/dev/null | tail -n +3 | xargs -r rm -f
+}
+
+# ---- Charliecloud image -------------------------------------------------------------
+CH_TITLE="Python notebook (Charliecloud)"
+CH_DESCRIPTION="The Python notebook image as a Charliecloud image directory, run with ch-run"
+
+# notebook-ch: the sandbox's root filesystem as a Charliecloud image directory
+# (ch/environment, ch/metadata.json with labels; no .singularity.d), hard-linked
+# to the sandbox's files, with empty mount points for the host paths a server
+# binds (Slurm and Apptainer clients, the Apptainer shim, the site image directory and
+# the pull cache): ch-run cannot create them in a read-only image.
+build_charliecloud_image() {
+    local key=$1 new=$TB_CH_DIR.new p
+    if [[ -d $TB_CH_DIR && $(cat "$TB_IMAGE_DIR/.notebook-ch.key" 2>/dev/null) == "$key" ]]; then
+        return 0
+    fi
+    log "creating the Charliecloud image notebook-ch ($key)"
+    rm -rf "$new"
+    cp -al "$TB_SANDBOX_DIR" "$new" || return 1
+    rm -rf "$new/.singularity.d" "$new/singularity" "$new/environment" "$new/.exec" "$new/.run" "$new/.shell" \
+        "$new/.test" "$new/.env"
+    install -d -m 0755 "$new/ch"
+    printf '%s\n' 'PATH=/opt/env/bin:$PATH' 'VIRTUAL_ENV=/opt/env' >"$new/ch/environment"
+    "$TB_VENV/bin/python" - "$new/ch/metadata.json" "$CH_TITLE" "$CH_DESCRIPTION" <<'EOT' || return 1
+import json, sys
+path, title, description = sys.argv[1:4]
+meta = {"labels": {"org.jupyter-hpc.title": title, "org.jupyter-hpc.description": description,
+                   "org.jupyter-hpc.gpu": "false", "org.jupyter-hpc.runtime": "charliecloud"},
+        "env": {"PATH": "/opt/env/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "VIRTUAL_ENV": "/opt/env"}}
+with open(path, "w") as f:
+    json.dump(meta, f, indent=2)
+EOT
+    while IFS= read -r p; do
+        [[ -n $p && -e $p && ! -e $new$p && ! -L $new$p ]] || continue
+        if [[ -d $p ]]; then install -d -m 0755 "$new$p"; else install -d -m 0755 "$(dirname "$new$p")" && : >"$new$p"; fi
+    done < <("$TB_VENV/bin/python" -c 'from jupyter_hpc.hosttools import detect_paths; print("\n".join(detect_paths()))'
+             printf '%s\n' "$TB_IMAGE_DIR" "$TB_PULL_CACHE" "$TB_SHIM_DIR")
+    rm -rf "$TB_CH_DIR.old"
+    [[ -d $TB_CH_DIR ]] && mv "$TB_CH_DIR" "$TB_CH_DIR.old"
+    mv "$new" "$TB_CH_DIR"
+    rm -rf "$TB_CH_DIR.old"
+    echo "$key" >"$TB_IMAGE_DIR/.notebook-ch.key"
 }
 
 # ---- tiny busybox image -------------------------------------------------------------

@@ -5,7 +5,7 @@ TB_APT_PACKAGES=(
     slurm-wlm munge
     debootstrap squashfs-tools squashfuse fuse2fs fuse-overlayfs uidmap
     containernetworking-plugins libseccomp2 libsqlite3-0 patchelf
-    docker-registry umoci skopeo busybox-static
+    docker-registry umoci skopeo busybox-static charliecloud-runtime
     python3-venv python3-dev gcc libc6-dev
     ca-certificates curl procps iproute2 psmisc nodejs
 )

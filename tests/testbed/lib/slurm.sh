@@ -57,6 +57,9 @@ TaskPlugin=task/none
 # Live job vitals (sstat: CPU time, current and peak memory), sampled every 2 s.
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=2
+# Without cgroups, memory limits are enforced by the sampler: a job over its
+# --mem is killed and ends OUT_OF_MEMORY.
+JobAcctGatherParams=OverMemoryKill
 MpiDefault=none
 
 # No slurmdbd: sacct is unavailable. Finished jobs stay visible in squeue
