@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import requests
 
@@ -232,6 +232,32 @@ class HubProcess:
         """GET through the proxy to the user's server (admin token)."""
         kw.setdefault("timeout", 30)
         return self.session.get(f"{self.url}/user/{name}/{path.lstrip('/')}", **kw)
+
+    def server_api(self, name: str, method: str, path: str, **kw) -> requests.Response:
+        """A request to the jupyter-hpc REST API of ``name``'s server, through the hub's proxy."""
+        kw.setdefault("timeout", 60)
+        return self.session.request(method, f"{self.url}/user/{name}/jupyter-hpc/api/{path}", **kw)
+
+    def run_cell(self, name: str, body: Dict[str, Any], timeout: float = 120) -> Tuple[str, Dict[str, Any], List[Any]]:
+        """Submit a cell job from ``name``'s server (``POST cells``) and follow it to its end.
+
+        Returns ``(job_id, last state, all outputs)``.
+        """
+        r = self.server_api(name, "POST", "cells", json=body)
+        if r.status_code != 201:
+            raise HubError(f"cell job refused by {name}'s server: {r.status_code} {r.text[:500]}")
+        job_id = r.json()["job_id"]
+        deadline = time.monotonic() + timeout
+        outputs: List[Any] = []
+        since, state = 0, {}
+        while time.monotonic() < deadline:
+            state = self.server_api(name, "GET", f"cells/{job_id}?since={since}").json()
+            outputs += state["outputs"]
+            since = state["next"]
+            if state["done"]:
+                break
+            time.sleep(0.5)
+        return job_id, state, outputs
 
     def run_code(self, name: str, code: str, timeout: float = 60) -> str:
         """Start a kernel on the user's server, run ``code``, return its stdout, delete the kernel."""

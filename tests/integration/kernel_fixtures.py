@@ -291,3 +291,47 @@ def alice_server(tb, kernelspecs, tmp_path):
         log.close()
         for jid in client.job_ids:
             subprocess.run(["scancel", jid], capture_output=True, timeout=60)
+
+
+def run_script_as(user: str, interpreter: List[str], script: str, args: Tuple[str, ...] = (),
+                  timeout: float = 200) -> subprocess.CompletedProcess:
+    """Run a Python/IPython ``script`` as ``user`` from a file in the user's home (removed after).
+
+    ``interpreter``: e.g. ``[VENV/bin/python]`` or ``[VENV/bin/ipython, "--no-banner", "--colors=nocolor"]``.
+    """
+    pw = pwd.getpwnam(user)
+    path = os.path.join(pw.pw_dir, f"jhpc-test-{secrets.token_hex(4)}.py")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "w") as f:
+        f.write(script)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    try:
+        return subprocess.run(["runuser", "-u", user, "--", *interpreter, path, *args], capture_output=True,
+                              text=True, timeout=timeout, cwd=pw.pw_dir, env={**os.environ, "HOME": pw.pw_dir})
+    finally:
+        os.unlink(path)
+
+
+#: Starts the kernel ``argv[1]`` with jupyter_client (its provisioner), runs ``argv[2]``, prints its stdout.
+KERNEL_SCRIPT = r'''
+import sys
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name=sys.argv[1], startup_timeout=120)
+try:
+    out = []
+    kc.execute_interactive(sys.argv[2], output_hook=lambda m: out.append(m["content"].get("text", "")), timeout=60)
+    print("".join(out), end="")
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+'''
+
+
+def kernel_output(user: str, tb: Dict[str, str], kernel_name: str, code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a kernel of ``kernel_name`` that ``user`` starts with jupyter_client."""
+    return run_script_as(user, [venv_bin(tb, "python")], KERNEL_SCRIPT, (kernel_name, code))
+
+
+def ipython_output(user: str, tb: Dict[str, str], script: str) -> subprocess.CompletedProcess:
+    """Run an IPython ``script`` (``get_ipython()`` available) as ``user``."""
+    return run_script_as(user, [venv_bin(tb, "ipython"), "--no-banner", "--colors=nocolor"], script)

@@ -18,11 +18,11 @@ import pwd
 import re
 import secrets
 import subprocess
-import time
 
 import pytest
 
 from hub_fixtures import HubProcess
+from kernel_fixtures import ipython_output, kernel_output
 from server_fixtures import UserServer, server_for, validate_schema, wait_cell
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -154,38 +154,13 @@ ip.run_cell_magic("hpc", "--image site:notebook-ch --time 00:05:00 --mem 512M --
 '''
 
 
-def test_magic_runs_a_cell_with_charliecloud(testbed, run_as):
-    home = pwd.getpwnam("alice").pw_dir
-    script = os.path.join(home, "jhpc-ch-magic.py")
-    with open(script, "w") as f:
-        f.write(MAGIC)
-    pw = pwd.getpwnam("alice")
-    os.chown(script, pw.pw_uid, pw.pw_gid)
-    try:
-        proc = run_as("alice", [f"{testbed['VENV']}/bin/ipython", "--no-banner", "--colors=nocolor", script],
-                      timeout=200, cwd=home, env={"HOME": home})
-    finally:
-        os.unlink(script)
+def test_magic_runs_a_cell_with_charliecloud(testbed):
+    proc = ipython_output("alice", testbed, MAGIC)
     out = proc.stdout + proc.stderr
     assert "magic ch True" in out, out
 
 
-KERNEL_SCRIPT = r'''
-import sys
-from jupyter_client.manager import start_new_kernel
-km, kc = start_new_kernel(kernel_name=sys.argv[1], startup_timeout=120)
-try:
-    out = []
-    kc.execute_interactive("import os, sys; print('kernel', os.environ.get('CH_RUNNING') is not None, sys.executable)",
-                           output_hook=lambda m: out.append(m["content"].get("text", "")), timeout=60)
-    print("".join(out), end="")
-finally:
-    kc.stop_channels()
-    km.shutdown_kernel(now=True)
-'''
-
-
-def test_kernel_runs_in_a_charliecloud_image(testbed, run_as):
+def test_kernel_runs_in_a_charliecloud_image(testbed):
     """A kernelspec naming the image directory: the provisioner sees a Charliecloud image and uses ch-run."""
     home = pwd.getpwnam("alice").pw_dir
     cli = f"{testbed['VENV']}/bin/jupyter-hpc"
@@ -193,16 +168,10 @@ def test_kernel_runs_in_a_charliecloud_image(testbed, run_as):
     kernel_dir = os.path.join(home, ".local", "share", "jupyter", "kernels", name)
     as_alice(cli, "kernelspec", "install", "--name", name, "--image", testbed["CH_IMAGE_DIR"],
              "--time", "00:05:00", "--mem", "1G")
-    script = os.path.join(home, "jhpc-ch-kernel.py")
-    with open(script, "w") as f:
-        f.write(KERNEL_SCRIPT)
-    pw = pwd.getpwnam("alice")
-    os.chown(script, pw.pw_uid, pw.pw_gid)
     try:
-        proc = run_as("alice", [f"{testbed['VENV']}/bin/python", script, name], timeout=200, cwd=home,
-                      env={"HOME": home})
+        proc = kernel_output("alice", testbed, name, "import os, sys; "
+                             "print('kernel', os.environ.get('CH_RUNNING') is not None, sys.executable)")
     finally:
-        os.unlink(script)
         as_alice("rm", "-rf", kernel_dir)
     assert "kernel True /opt/env/bin/python" in proc.stdout, proc.stdout + proc.stderr
 
@@ -220,24 +189,10 @@ def test_hub_spawns_a_server_with_charliecloud(testbed, tmp_path_factory):
                                     "sys.executable, 'JUPYTERHUB_API_TOKEN' in os.environ)")
         assert re.search(r"server True /opt/env/bin/python\S* True", out), out
 
-        def api(method, path, **kw):
-            kw.setdefault("timeout", 60)
-            return hub.session.request(method, f"{hub.url}/user/alice/jupyter-hpc/api/{path}", **kw)
-
         # Slurm works from inside the Charliecloud container (host tools bound at their mount points)
-        r = api("POST", "cells", json={"code": "import os\nprint('inner', os.environ.get('APPTAINER_CONTAINER'))",
-                                       "image": "site:notebook.sif", "time": "00:05:00", "memory": "512M"})
-        assert r.status_code == 201, r.text
-        cell = r.json()["job_id"]
-        deadline = time.monotonic() + 120
-        outputs, since, state = [], 0, {}
-        while time.monotonic() < deadline:
-            state = api("GET", f"cells/{cell}?since={since}").json()
-            outputs += state["outputs"]
-            since = state["next"]
-            if state["done"]:
-                break
-            time.sleep(0.5)
+        _, state, outputs = hub.run_cell("alice", {
+            "code": "import os\nprint('inner', os.environ.get('APPTAINER_CONTAINER'))",
+            "image": "site:notebook.sif", "time": "00:05:00", "memory": "512M"})
         assert state.get("status") == "ok", state
         assert f"inner {testbed['NOTEBOOK_SIF']}" in stdout_of(outputs)
         hub.stop_server("alice")

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from kernel_fixtures import ipython_output, kernel_output
 from server_fixtures import server_for, validate_schema, wait_cell
 
 IMAGE = "site:notebook.sif"
@@ -255,18 +256,9 @@ ip.run_line_magic("hpc", "venv remove seed-magic")
 '''
 
 
-def test_magic_venv_and_run_record_as_alice(testbed, run_as):
+def test_magic_venv_and_run_record_as_alice(testbed):
     home = pwd.getpwnam("alice").pw_dir
-    script = os.path.join(home, "jhpc-seed-magic.py")
-    with open(script, "w") as f:
-        f.write(MAGIC_SCRIPT)
-    pw = pwd.getpwnam("alice")
-    os.chown(script, pw.pw_uid, pw.pw_gid)
-    try:
-        proc = run_as("alice", [f"{testbed['VENV']}/bin/ipython", "--no-banner", "--colors=nocolor", script],
-                      timeout=200, cwd=home, env={"HOME": home})
-    finally:
-        os.unlink(script)
+    proc = ipython_output("alice", testbed, MAGIC_SCRIPT)
     out = proc.stdout + proc.stderr
     path = os.path.join(os.path.realpath(os.path.join(home, ".jupyter-hpc", "venvs")), "seed-magic")
     assert f"Created venv seed-magic in {path}" in out, out
@@ -344,22 +336,7 @@ def test_service_in_an_apptainer_instance(alice, testbed, wait_job, cancel_jobs)
     as_alice("rm", "-rf", work)
 
 
-KERNEL_SCRIPT = r'''
-import sys
-from jupyter_client.manager import start_new_kernel
-km, kc = start_new_kernel(kernel_name=sys.argv[1], startup_timeout=120)
-try:
-    out = []
-    kc.execute_interactive("import sys, seed_kernel_pkg; print('prefix', sys.prefix, seed_kernel_pkg.WHERE)",
-                           output_hook=lambda m: out.append(m["content"].get("text", "")), timeout=60)
-    print("".join(out), end="")
-finally:
-    kc.stop_channels()
-    km.shutdown_kernel(now=True)
-'''
-
-
-def test_kernel_runs_with_the_users_venv(testbed, run_as):
+def test_kernel_runs_with_the_users_venv(testbed):
     """A kernelspec with --venv: the kernel's job puts the venv first (jupyter_client as alice)."""
     home = pwd.getpwnam("alice").pw_dir
     cli = f"{testbed['VENV']}/bin/jupyter-hpc"
@@ -371,16 +348,10 @@ def test_kernel_runs_with_the_users_venv(testbed, run_as):
     as_alice("bash", "-c", f"cd {path}/lib/python3*/site-packages && echo 'WHERE = \"kernel-venv\"' > seed_kernel_pkg.py")
     as_alice(cli, "kernelspec", "install", "--name", name, "--image", IMAGE, "--venv", name, "--time", "00:05:00",
              "--mem", "1G")
-    script = os.path.join(home, "jhpc-seed-kernel.py")
-    with open(script, "w") as f:
-        f.write(KERNEL_SCRIPT)
-    pw = pwd.getpwnam("alice")
-    os.chown(script, pw.pw_uid, pw.pw_gid)
     try:
-        proc = run_as("alice", [f"{testbed['VENV']}/bin/python", script, name], timeout=200, cwd=home,
-                      env={"HOME": home})
+        proc = kernel_output("alice", testbed, name,
+                             "import sys, seed_kernel_pkg; print('prefix', sys.prefix, seed_kernel_pkg.WHERE)")
     finally:
-        os.unlink(script)
         as_alice("rm", "-rf", kernel_dir)
         as_alice(cli, "venv", "remove", name, check=False)
     assert f"prefix {path} kernel-venv" in proc.stdout, proc.stdout + proc.stderr

@@ -180,8 +180,7 @@ def test_alice_and_bob_spawn_concurrently_into_different_images(hub):
 def test_spawned_server_reaches_slurm_and_the_catalog_from_inside_its_container(hub):
     """The sidebar's API in a hub-spawned server: site images, partitions, and a cell job submitted from inside."""
     def api(method, path, **kw):
-        kw.setdefault("timeout", 60)
-        return hub.session.request(method, f"{hub.url}/user/alice/jupyter-hpc/api/{path}", **kw)
+        return hub.server_api("alice", method, path, **kw)
 
     r = api("GET", "images")
     assert r.status_code == 200, r.text
@@ -191,19 +190,9 @@ def test_spawned_server_reaches_slurm_and_the_catalog_from_inside_its_container(
     assert r.status_code == 200, r.text
     assert {p["name"] for p in r.json()["partitions"]} >= {"cpu", "gpu"}
 
-    r = api("POST", "cells", json={"code": "import os\nprint('cell in', os.environ.get('APPTAINER_CONTAINER'))\n6 * 7",
-                                   "image": "site:notebook.sif", "time": "00:05:00", "memory": "512M", "cpus": 1})
-    assert r.status_code == 201, r.text
-    cell_job = r.json()["job_id"]
-    deadline = time.monotonic() + 120
-    outputs, since, state = [], 0, {}
-    while time.monotonic() < deadline:
-        state = api("GET", f"cells/{cell_job}?since={since}").json()
-        outputs += state["outputs"]
-        since = state["next"]
-        if state["done"]:
-            break
-        time.sleep(0.5)
+    cell_job, state, outputs = hub.run_cell("alice", {
+        "code": "import os\nprint('cell in', os.environ.get('APPTAINER_CONTAINER'))\n6 * 7",
+        "image": "site:notebook.sif", "time": "00:05:00", "memory": "512M", "cpus": 1})
     assert state.get("status") == "ok", state
     text = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
     assert f"cell in {ENV['NOTEBOOK_SIF']}" in text
