@@ -804,7 +804,11 @@ class ImageCatalog(Configurable):
             _unlink(tmp)
             detail = (e.stderr or e.stdout or e.reason).strip().splitlines()
             msg = next((l for l in reversed(detail) if "FATAL" in l or "ERROR" in l), detail[-1] if detail else str(e))
-            raise PullError(ref, msg.strip()) from None
+            msg = msg.strip()
+            if not insecure and "HTTP response to HTTPS client" in msg:
+                msg += (f" - the registry {host} speaks plain HTTP; images are pulled over HTTP only from "
+                        "registries the administrators list in ImageCatalog.insecure_registries")
+            raise PullError(ref, msg) from None
         try:
             os.chmod(tmp, 0o644)
             os.rename(tmp, dest)

@@ -257,6 +257,9 @@ def _load_magics():
             opts = parse_cell_options(line)
             body = dict(opts["body"], code=cell)
             rt = self.runtime
+            image = body.get("image")
+            if isinstance(image, str) and "://" in image:
+                self._pull(image)
             result = _run_async(rt.cells.submit(body, cwd=os.getcwd()))
             job_id = result["job_id"]
             if result.get("runtime") == "host":
@@ -269,6 +272,21 @@ def _load_magics():
                 print(f"job {job_id}: {state.state}. Outputs: %hpc output {job_id}", flush=True)
                 return None
             return self._follow(job_id)
+
+        def _pull(self, ref: str) -> None:
+            """Bring a registry image into the cache (once; later runs find it there), with progress."""
+            rt = self.runtime
+            shown = {"last": ""}
+
+            def report(fraction, message):
+                text = f"{message} ({fraction:.0%})" if fraction is not None else message
+                if text != shown["last"]:
+                    shown["last"] = text
+                    print(f"%hpc: {text}", flush=True)
+
+            img = _run_async(rt.catalog.ensure(ref, rt.username, progress=report))
+            if shown["last"]:
+                print(f"%hpc: {ref} is in the image cache: {img.path}", flush=True)
 
         def _follow(self, job_id: str):
             rt = self.runtime

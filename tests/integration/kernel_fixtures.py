@@ -294,7 +294,7 @@ def alice_server(tb, kernelspecs, tmp_path):
 
 
 def run_script_as(user: str, interpreter: List[str], script: str, args: Tuple[str, ...] = (),
-                  timeout: float = 200) -> subprocess.CompletedProcess:
+                  timeout: float = 200, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """Run a Python/IPython ``script`` as ``user`` from a file in the user's home (removed after).
 
     ``interpreter``: e.g. ``[VENV/bin/python]`` or ``[VENV/bin/ipython, "--no-banner", "--colors=nocolor"]``.
@@ -307,7 +307,8 @@ def run_script_as(user: str, interpreter: List[str], script: str, args: Tuple[st
     os.chown(path, pw.pw_uid, pw.pw_gid)
     try:
         return subprocess.run(["runuser", "-u", user, "--", *interpreter, path, *args], capture_output=True,
-                              text=True, timeout=timeout, cwd=pw.pw_dir, env={**os.environ, "HOME": pw.pw_dir})
+                              text=True, timeout=timeout, cwd=pw.pw_dir,
+                              env={**os.environ, "HOME": pw.pw_dir, **(env or {})})
     finally:
         os.unlink(path)
 
@@ -332,6 +333,8 @@ def kernel_output(user: str, tb: Dict[str, str], kernel_name: str, code: str) ->
     return run_script_as(user, [venv_bin(tb, "python")], KERNEL_SCRIPT, (kernel_name, code))
 
 
-def ipython_output(user: str, tb: Dict[str, str], script: str) -> subprocess.CompletedProcess:
+def ipython_output(user: str, tb: Dict[str, str], script: str, timeout: float = 200,
+                   env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """Run an IPython ``script`` (``get_ipython()`` available) as ``user``."""
-    return run_script_as(user, [venv_bin(tb, "ipython"), "--no-banner", "--colors=nocolor"], script)
+    return run_script_as(user, [venv_bin(tb, "ipython"), "--no-banner", "--colors=nocolor"], script,
+                         timeout=timeout, env=env)

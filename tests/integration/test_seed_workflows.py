@@ -432,3 +432,83 @@ def test_spawned_server_uses_the_users_venv(testbed, tmp_path_factory):
             hub.stop()
             subprocess.run(["scancel", "--name=" + job_name], check=False)
             as_alice(cli, "venv", "remove", name, check=False)
+
+
+# -- the site registry: a user pushes an image, jobs run it by its docker:// reference ---------------
+
+REGISTRY_MAGIC = r'''
+ip = get_ipython()
+ip.run_line_magic("load_ext", "jupyter_hpc")
+ip.run_cell_magic("hpc", "--image {ref} --time 00:05:00 --mem 1G --wait",
+                  "import os\nprint('from the registry in', os.environ.get('APPTAINER_CONTAINER'))\n")
+'''
+
+
+def test_user_pushed_image_runs_from_the_site_registry(testbed, cancel_jobs):
+    """alice pushes an image to the site registry; %%hpc and a REST cell job run it by reference.
+
+    The first use converts it to a SIF in the shared cache (with progress); the second finds it
+    there. A server whose administrators did not list the plain-HTTP registry refuses to pull
+    from it, and says why.
+    """
+    import json
+    import secrets
+
+    import requests
+
+    registry = testbed["REGISTRY"]
+    ref = f"docker://{registry}/alice/notebook:seed-{secrets.token_hex(3)}"
+    push = subprocess.run(["runuser", "-u", "alice", "--", "skopeo", "copy", "--src-tls-verify=false",
+                           "--dest-tls-verify=false", testbed["NOTEBOOK_REF"], ref],
+                          capture_output=True, text=True, timeout=300, cwd="/", env={**os.environ, "HOME": "/home/alice"})
+    assert push.returncode == 0, push.stderr
+    tags = requests.get(f"http://{registry}/v2/alice/notebook/tags/list", timeout=30).json()["tags"]
+    assert ref.rsplit(":", 1)[1] in tags
+
+    # %%hpc with the reference: pulled once into the shared cache, then the cell runs in it
+    catalog = json.dumps({"insecure_registries": [registry]})
+    proc = ipython_output("alice", testbed, REGISTRY_MAGIC.replace("{ref}", ref), timeout=600,
+                          env={"JUPYTER_HPC_CATALOG": catalog})
+    out = proc.stdout + proc.stderr
+    assert f"%hpc: pulling {ref}" in out and f"{ref} is in the image cache: {testbed['PULL_CACHE']}/" in out, out
+    cached = re.search(rf"is in the image cache: ({re.escape(testbed['PULL_CACHE'])}/\S+\.sif)", out).group(1)
+    assert f"from the registry in {cached}" in out, out
+    mtime = os.stat(cached).st_mtime_ns
+
+    # a REST cell job with the same reference finds it in the cache: no second pull
+    server = server_for("alice", testbed["VENV"], extra_args=(f"--ImageCatalog.insecure_registries={registry}",))
+    try:
+        images = {i["ref"]: i for i in server.api("GET", "images").json()["images"] if i.get("ref")}
+        assert images[ref]["pulled"] is True and images[ref]["path"] == cached
+        r = server.api("POST", "cells", {"code": "import os\nprint(os.environ.get('APPTAINER_CONTAINER'))",
+                                         "image": ref, "time": "00:05:00", "memory": "1G"})
+        assert r.status_code == 201, r.text
+        cancel_jobs.append(r.json()["job_id"])
+        outputs, last, _ = wait_cell(server, r.json()["job_id"], timeout=120)
+        assert last["status"] == "ok" and cached in stdout_of(outputs), outputs
+        assert os.stat(cached).st_mtime_ns == mtime
+        assert server.api("GET", "images/pulls").json()["pulls"] == []
+    finally:
+        server.stop()
+
+    # the converted copy is not needed any more (each run pushes a new tag)
+    for leftover in (cached, cached + ".ref"):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
+
+    # without the registry in insecure_registries: refused, with the reason and what to do
+    server = server_for("alice", testbed["VENV"])
+    try:
+        other = f"docker://{registry}/alice/notebook:other-{secrets.token_hex(3)}"
+        r = server.api("POST", "images/pull", {"ref": other})
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pull = {p["ref"]: p for p in server.api("GET", "images/pulls").json()["pulls"]}[other]
+            if pull["state"] != "pulling":
+                break
+            time.sleep(0.5)
+        assert pull["state"] == "error", pull
+        assert "ImageCatalog.insecure_registries" in pull["message"] and registry in pull["message"], pull
+    finally:
+        server.stop()

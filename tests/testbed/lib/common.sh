@@ -28,6 +28,7 @@ TB_REGISTRY_DIR=/var/lib/jupyter-hpc-registry
 TB_REGISTRY_CONF=/etc/jupyter-hpc/registry.yml
 TB_REGISTRY_PID=/run/jupyter-hpc-registry.pid
 TB_TINY_REF=docker://$TB_REGISTRY_ADDR/demo/tiny:latest
+TB_NOTEBOOK_REF=docker://$TB_REGISTRY_ADDR/demo/notebook:latest
 
 TB_CPU_PARTITION=cpu
 TB_GPU_PARTITION=gpu

@@ -169,7 +169,8 @@ build_notebook_images() {
     base_key=$( { env_key; images_script_hash; } | short_hash)
     full_key=$( { echo "$base_key"; echo "$whash"; } | short_hash)
     local sif=$TB_BUILD_CACHE/notebook-$full_key.sif mark=$TB_IMAGE_DIR/.notebook.key
-    if [[ -f $mark && $(<"$mark") == "$full_key" && -s $TB_NOTEBOOK_SIF && -d $TB_SANDBOX_DIR && -d $TB_CH_DIR ]]; then
+    if [[ -f $mark && $(<"$mark") == "$full_key" && -s $TB_NOTEBOOK_SIF && -d $TB_SANDBOX_DIR && -d $TB_CH_DIR ]] &&
+        notebook_pushed "$full_key"; then
         log "notebook images up to date ($full_key)"
         return 0
     fi
@@ -199,6 +200,7 @@ EOT
     chmod 0644 "$TB_NOTEBOOK_SIF.tmp"
     mv -f "$TB_NOTEBOOK_SIF.tmp" "$TB_NOTEBOOK_SIF"
     build_charliecloud_image "$full_key" || return 1
+    push_notebook_image "$full_key" || return 1
     echo "$full_key" >"$mark"
     # Keep the two newest notebook SIFs in the cache.
     ls -t "$TB_BUILD_CACHE"/notebook-*.sif 2>/dev/null | tail -n +3 | xargs -r rm -f

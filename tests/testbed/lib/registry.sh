@@ -62,6 +62,38 @@ push_tiny_image() {
     rm -rf "$layout" "$bundle"
 }
 
+# demo/notebook:latest: the notebook image (the sandbox's root filesystem) as an OCI
+# image in the registry, so that tests can push it on as a user and run jobs from a
+# docker:// reference. Labelled with the build key; pushed again when that changes.
+notebook_pushed() {
+    skopeo inspect --tls-verify=false "$TB_NOTEBOOK_REF" 2>/dev/null | grep -q "\"org.jupyter-hpc.build\": \"$1\""
+}
+
+push_notebook_image() {
+    local key=$1 layout=$TB_BUILD_CACHE/tmp/oci-notebook bundle=$TB_BUILD_CACHE/tmp/oci-notebook-bundle
+    notebook_pushed "$key" && return 0
+    log "pushing $TB_NOTEBOOK_REF ($key)"
+    rm -rf "$layout" "$bundle"
+    {
+        umoci init --layout "$layout" &&
+        umoci new --image "$layout:latest" &&
+        umoci unpack --rootless --image "$layout:latest" "$bundle" &&
+        cp -a "$TB_SANDBOX_DIR/." "$bundle/rootfs/" &&
+        rm -rf "$bundle/rootfs/.singularity.d" "$bundle/rootfs/.exec" "$bundle/rootfs/.run" \
+            "$bundle/rootfs/.shell" "$bundle/rootfs/.test" "$bundle/rootfs/environment" "$bundle/rootfs/singularity" &&
+        umoci repack --image "$layout:latest" "$bundle" &&
+        umoci config --image "$layout:latest" --config.cmd /bin/bash \
+            --config.env PATH=/opt/env/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+            --config.env VIRTUAL_ENV=/opt/env \
+            --config.label "org.jupyter-hpc.title=Python notebook (registry)" \
+            --config.label "org.jupyter-hpc.description=The notebook image from the site registry" \
+            --config.label "org.jupyter-hpc.gpu=false" \
+            --config.label "org.jupyter-hpc.build=$key" &&
+        skopeo copy --dest-tls-verify=false "oci:$layout:latest" "$TB_NOTEBOOK_REF"
+    } >>"$TB_LOG_DIR/registry-push.log" 2>&1 || { tail -10 "$TB_LOG_DIR/registry-push.log" >&2; return 1; }
+    rm -rf "$layout" "$bundle"
+}
+
 # An ordinary user can pull from the plain-HTTP registry.
 verify_pull_as_alice() {
     local dir
