@@ -26,8 +26,10 @@ command, run directly on the node with the job's environment.
 Port hand-off
 -------------
 With ``port=True`` the job picks a free TCP port on its node (random in
-``port_range``; a port counts as free when nothing accepts a connection on it,
-checked with bash's ``/dev/tcp``), exports it as ``PORT`` (also into the
+``port_range``, leaving out the node's ephemeral range ``net.ipv4.ip_local_port_range``
+unless ``port_range`` lies wholly inside it, since outgoing connections may take such a
+port before the server binds it; a port counts as free when nothing accepts a connection
+on it, checked with bash's ``/dev/tcp``), exports it as ``PORT`` (also into the
 container as ``APPTAINERENV_PORT``) and records ``host=NODE,port=PORT`` in the
 job's Slurm comment with ``scontrol update JobId=$SLURM_JOB_ID Comment=...``.
 The shared :class:`~jupyter_hpc.watcher.JobWatcher` reads comments with its
@@ -83,7 +85,19 @@ jhpc_port_free() {
     return 0
 }
 jhpc_pick_port() {
-    local lo=$1 hi=$2 i p tries
+    local lo=$1 hi=$2 i p tries elo= ehi=
+    # The node's ephemeral range: outgoing connections take ports there at any moment, so a
+    # port free now may be gone when the server binds. The part of the range outside it is
+    # used; a range wholly inside it is used as it is.
+    read -r elo ehi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    elo=${elo//[^0-9]/}; ehi=${ehi//[^0-9]/}
+    if [ -n "$elo" ] && [ -n "$ehi" ]; then
+        if [ "$lo" -lt "$elo" ] && [ "$hi" -ge "$elo" ]; then
+            hi=$((elo - 1))
+        elif [ "$lo" -ge "$elo" ] && [ "$lo" -le "$ehi" ] && [ "$hi" -gt "$ehi" ]; then
+            lo=$((ehi + 1))
+        fi
+    fi
     tries=$(( (hi - lo + 1) * 2 ))
     [ "$tries" -le 100 ] || tries=100
     for i in $(seq 1 "$tries"); do

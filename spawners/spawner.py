@@ -181,7 +181,8 @@ class ApptainerSlurmSpawner(SlurmSpawner):
     ).tag(config=True)
 
     port_range = ListTrait(
-        Integer(), default_value=[20000, 39999], minlen=2, maxlen=2, help="Range the job picks its server port from."
+        Integer(), default_value=[20000, 39999], minlen=2, maxlen=2, help="Range the job picks its server port from. The part inside the node's ephemeral "
+        "range (net.ipv4.ip_local_port_range, usually 32768-60999) is left out unless nothing else remains."
     ).tag(config=True)
 
     host_from = Unicode(

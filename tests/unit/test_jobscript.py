@@ -246,3 +246,24 @@ def test_instance_mode_starts_runs_in_and_stops_the_instance(tmp_path):
     assert log.read_text().splitlines()[-1] == "instance stop jhpc-78"
     with pytest.raises(ValidationError):
         jobscript.build_container_script("/i.sif", ["x"], instance=True, runtime="host")
+
+
+def test_port_avoids_the_ephemeral_range(stubs, tmp_path):
+    """A port in the node's ephemeral range may be taken by an outgoing connection before the
+    server binds it: the job picks outside that range when its port range allows."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        elo, ehi = (int(x) for x in f.read().split())
+    if elo < 1030:
+        pytest.skip("no room below the ephemeral range")
+    script = jobscript.build_container_script("/i.sif", ["x"], apptainer=stubs["apptainer"], scontrol=stubs["scontrol"],
+                                              port=True, port_range=(elo - 3, min(ehi, elo + 500)))
+    for _ in range(8):
+        res = _run(script, tmp_path=tmp_path)
+        assert res.returncode == 0, res.stderr
+        port = int(json.loads(res.stdout)["env"]["PORT"])
+        assert elo - 3 <= port < elo, port
+    # a range that lies wholly inside the ephemeral range is still used
+    script = jobscript.build_container_script("/i.sif", ["x"], apptainer=stubs["apptainer"], scontrol=stubs["scontrol"],
+                                              port=True, port_range=(elo + 10, elo + 20))
+    res = _run(script, tmp_path=tmp_path)
+    assert res.returncode == 0 and elo + 10 <= int(json.loads(res.stdout)["env"]["PORT"]) <= elo + 20, res.stderr
