@@ -9,6 +9,7 @@ Written against Apptainer 1.4 (``--no-https`` for plain-HTTP registries).
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -81,10 +82,11 @@ def ref_host(ref: str) -> Optional[str]:
     return None
 
 
-def bind_spec(bind: Bind) -> str:
-    """``(src, dst, mode)`` / ``(src, dst)`` / ``src`` -> ``src:dst[:mode]``."""
+def bind_parts(bind: Bind) -> Tuple[str, str, Optional[str]]:
+    """``(src, dst, mode)`` / ``(src, dst)`` / ``src`` -> checked ``(src, dst, mode or None)``."""
     if isinstance(bind, str):
-        return check_path(bind, "bind")
+        path = check_path(bind, "bind")
+        return path, path, None
     if len(bind) == 2:
         src, dst = bind
         mode = None
@@ -92,12 +94,17 @@ def bind_spec(bind: Bind) -> str:
         src, dst, mode = bind
     else:
         raise ValidationError("bind", f"{bind!r} must be (source, destination[, mode])")
-    spec = f"{check_path(src, 'bind source')}:{check_path(dst, 'bind destination')}"
-    if mode:
-        if mode not in _BIND_MODES:
-            raise ValidationError("bind mode", f"{mode!r} must be 'ro' or 'rw'")
-        spec += f":{mode}"
-    return spec
+    if mode and mode not in _BIND_MODES:
+        raise ValidationError("bind mode", f"{mode!r} must be 'ro' or 'rw'")
+    return check_path(src, "bind source"), check_path(dst, "bind destination"), mode or None
+
+
+def bind_spec(bind: Bind) -> str:
+    """``(src, dst, mode)`` / ``(src, dst)`` / ``src`` -> ``src:dst[:mode]`` (``src`` alone stays ``src``)."""
+    if isinstance(bind, str):
+        return bind_parts(bind)[0]
+    src, dst, mode = bind_parts(bind)
+    return f"{src}:{dst}" + (f":{mode}" if mode else "")
 
 
 def _common(
@@ -221,8 +228,6 @@ def command_argv(image: str, argv: Sequence[str], *, runtime: str = "apptainer",
     if check_runtime(runtime) == "apptainer":
         return exec_argv(image, argv, **options)
     if runtime == "charliecloud":
-        import os
-
         from . import charliecloud
 
         env_file = charliecloud.environment_file(image)
@@ -426,6 +431,7 @@ __all__ = [
     "check_ref",
     "check_image",
     "ref_host",
+    "bind_parts",
     "bind_spec",
     "exec_argv",
     "run_argv",

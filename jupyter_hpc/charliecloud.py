@@ -96,14 +96,9 @@ def base_argv(
     writable: bool = False,
     unset: Sequence[str] = UNSET_ENV,
     path: str = DEFAULT_PATH,
-    venv: Optional[str] = None,
 ) -> List[str]:
-    """The options of ``ch-run`` up to (not including) binds, ``--cd``, the image and the command.
-
-    ``venv``: a user venv (already resolved and bound), put first on ``PATH`` with
-    ``VIRTUAL_ENV`` set; applied after ``/ch/environment`` by the job script
-    (:func:`venv_argv`).
-    """
+    """The options of ``ch-run`` up to (not including) the image's environment, a venv
+    (:func:`venv_argv`), binds, ``--cd``, the image and the command."""
     argv = [ch_run]
     if home:
         argv.append("--home")

@@ -119,6 +119,16 @@ class Image:
         return asdict(self)
 
 
+def directory_format(path: str) -> Optional[str]:
+    """The format of an image directory: ``sandbox`` (Apptainer, ``.singularity.d``),
+    ``directory`` (Charliecloud, ``ch/``), ``None`` when it is neither."""
+    if os.path.isdir(os.path.join(path, ".singularity.d")):
+        return "sandbox"
+    if _charliecloud.is_image_dir(path):
+        return "directory"
+    return None
+
+
 def image_runtime(fmt: str, labels: Dict[str, str]) -> Optional[str]:
     """The runtime an image asks for: Charliecloud directories always ``charliecloud``,
     else the ``org.jupyter-hpc.runtime`` label when valid, else ``None`` (the site's)."""
@@ -382,11 +392,8 @@ class ImageCatalog(Configurable):
         except OSError:
             return None
         if stat.S_ISDIR(st.st_mode):
-            if os.path.isdir(os.path.join(path, ".singularity.d")):
-                fmt, size = "sandbox", None
-            elif _charliecloud.is_image_dir(path):
-                fmt, size = "directory", None
-            else:
+            fmt, size = directory_format(path), None
+            if fmt is None:
                 return None
         elif stat.S_ISREG(st.st_mode) and self._is_sif(name):
             fmt, size = "sif", st.st_size
@@ -850,7 +857,7 @@ def check_local_image(path: Any, sif_extensions: Sequence[str] = (".sif", ".simg
         raise ImageNotFound(f"{path[:200]!r}: {e.strerror}") from None
     real = os.path.realpath(path)
     if stat.S_ISDIR(st.st_mode):
-        if not (os.path.isdir(os.path.join(real, ".singularity.d")) or _charliecloud.is_image_dir(real)):
+        if directory_format(real) is None:
             raise ImageNotFound(f"{path[:200]!r} is a directory but neither an Apptainer sandbox (no .singularity.d) "
                                 "nor a Charliecloud image (no ch/)")
         mode = os.R_OK | os.X_OK

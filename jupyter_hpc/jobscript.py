@@ -384,9 +384,7 @@ def _charliecloud_lines(image, argv, *, binds, venv, pwd, containall, writable, 
     if venv is not None:
         out.append(Line("JHPC_CH+=(" + " ".join(shlex.quote(w) for w in _charliecloud.venv_argv(venv)) + ")"))
     for b in binds:
-        spec = _apptainer.bind_spec(b)
-        src, _, rest = spec.partition(":")
-        dst = rest.split(":", 1)[0] if rest else src
+        src, dst, _ = _apptainer.bind_parts(b)
         out.append(Line(f"jhpc_ch_bind {shlex.quote(src)} {shlex.quote(dst)}"))
     out.append(Line("printf 'jupyter-hpc: starting container %s on %s\\n' "
                     f"{shlex.quote(image)} \"$(hostname -s)\" >&2"))

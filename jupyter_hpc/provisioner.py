@@ -477,13 +477,10 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
             # As seen on the compute nodes; the job runs as the user, so no directory restriction,
             # but a path visible here must be an image the user can read (no '..', no symlink to
             # a file that is not an image).
-            from . import charliecloud
-            from .images import check_local_image
+            from .images import check_local_image, directory_format, image_runtime
 
             path = check_local_image(image)
-            self._image_runtime = "charliecloud" if (
-                os.path.isdir(path) and not os.path.isdir(os.path.join(path, ".singularity.d"))
-                and charliecloud.is_image_dir(path)) else None
+            self._image_runtime = image_runtime(directory_format(path), {}) if os.path.isdir(path) else None
             return path
         if "://" not in image and not re.fullmatch(r"[A-Za-z0-9_.:+-]{1,200}", image):
             raise ValidationError("image", f"{image[:80]!r} is neither an absolute path, an image id nor a reference")
@@ -542,10 +539,8 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
     async def runtime_mode(self) -> str:
         """``apptainer``, ``charliecloud`` (:attr:`runtime` or the image's choice), or ``host`` where
         containers cannot run (:class:`jupyter_hpc.runtime.ContainerRuntime`)."""
-        from types import SimpleNamespace
-
         from .images import ImageCatalog
-        from .runtime import CONTAINER_RUNTIMES, ContainerRuntime, for_image
+        from .runtime import CONTAINER_RUNTIMES, ContainerRuntime, choose
 
         wanted = self.runtime or self._image_runtime
         if wanted is not None and wanted not in CONTAINER_RUNTIMES:
@@ -558,7 +553,7 @@ class SlurmApptainerProvisioner(KernelProvisionerBase):  # type:ignore[misc]
             info = await runtime.resolve(ImageCatalog(parent=self), getpass.getuser())
         if not info.containers:
             self.log.warning("Kernel %s: %s (%s)", self.kernel_id, info.message, info.reason)
-        return for_image(info.mode, SimpleNamespace(runtime=wanted))
+        return choose(info.mode, wanted)
 
     def job_environment(self, env: Dict[str, str]) -> Dict[str, str]:
         """The environment sbatch runs with (the job inherits it): a few system

@@ -191,14 +191,16 @@ class ContainerRuntime(Configurable):
 
 
 def for_image(mode: str, image: Any) -> str:
-    """The runtime a job with ``image`` uses when this process's runtime is ``mode``.
+    """The runtime a job with ``image`` uses when this process's runtime is ``mode``
+    (:func:`choose` with the image's own choice, ``image.runtime``)."""
+    return choose(mode, getattr(image, "runtime", None))
 
-    ``host`` stays ``host`` (no containers here); otherwise the image's own choice
-    (``image.runtime``: ``apptainer``/``charliecloud``) wins over the site's mode.
-    """
+
+def choose(mode: str, wanted: Optional[str]) -> str:
+    """``host`` stays ``host`` (no containers here); otherwise ``wanted``
+    (``apptainer``/``charliecloud``) wins over the site's ``mode``."""
     if mode == "host":
         return "host"
-    wanted = getattr(image, "runtime", None)
     if wanted in CONTAINER_RUNTIMES:
         return wanted
     return mode
@@ -220,4 +222,4 @@ def _failure_reason(error: CommandError) -> str:
 
 
 __all__ = ["ContainerRuntime", "RuntimeInfo", "MODES", "CONTAINER_RUNTIMES", "ENV_MODE", "HOST_MESSAGE",
-           "for_image"]
+           "for_image", "choose"]

@@ -8,6 +8,7 @@ with an admin service token. It is used by ``tests/integration/test_spawner*.py`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -95,6 +96,24 @@ c.ApptainerSlurmSpawner.binds = [p + ":" + p + ":ro" for p in ["/usr/local/lib/j
 
 class HubError(AssertionError):
     pass
+
+
+@contextlib.contextmanager
+def running_hub(workdir: str, job_name: str, users=("alice",), **kwargs) -> Iterator["HubProcess"]:
+    """A started :class:`HubProcess`; on exit the servers of ``users`` are stopped, the hub
+    too, and any job named ``job_name`` left over is cancelled."""
+    hub = HubProcess(workdir, job_name=job_name, **kwargs)
+    hub.start()
+    try:
+        yield hub
+    finally:
+        try:
+            for user in users:
+                if hub.server(user) is not None:
+                    hub.stop_server(user)
+        finally:
+            hub.stop()
+            subprocess.run(["scancel", "--name=" + job_name], check=False)
 
 
 class HubProcess:
@@ -232,6 +251,16 @@ class HubProcess:
         """GET through the proxy to the user's server (admin token)."""
         kw.setdefault("timeout", 30)
         return self.session.get(f"{self.url}/user/{name}/{path.lstrip('/')}", **kw)
+
+    def login(self, name: str) -> Tuple[requests.Session, Optional[str]]:
+        """A browser-like session logged in as ``name`` (password login), and its xsrf token."""
+        s = requests.Session()
+        s.get(self.url + "/hub/login", timeout=30)
+        xsrf = s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf")
+        r = s.post(self.url + "/hub/login", data={"username": name, "password": self.password, "_xsrf": xsrf},
+                   allow_redirects=False, timeout=30)
+        assert r.status_code in (302, 303), (r.status_code, r.text[:300])
+        return s, xsrf
 
     def server_api(self, name: str, method: str, path: str, **kw) -> requests.Response:
         """A request to the jupyter-hpc REST API of ``name``'s server, through the hub's proxy."""

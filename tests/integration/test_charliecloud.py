@@ -21,7 +21,7 @@ import subprocess
 
 import pytest
 
-from hub_fixtures import HubProcess
+from hub_fixtures import running_hub
 from kernel_fixtures import ipython_output, kernel_output
 from server_fixtures import UserServer, server_for, validate_schema, wait_cell
 
@@ -178,10 +178,7 @@ def test_kernel_runs_in_a_charliecloud_image(testbed):
 
 def test_hub_spawns_a_server_with_charliecloud(testbed, tmp_path_factory):
     """JupyterHub spawns alice's server in notebook-ch; from inside it, the sidebar's API submits a cell job."""
-    job_name = "jhch-" + secrets.token_hex(3)
-    hub = HubProcess(str(tmp_path_factory.mktemp("chhub")), job_name=job_name, poll_interval=5)
-    hub.start()
-    try:
+    with running_hub(str(tmp_path_factory.mktemp("chhub")), "jhch-" + secrets.token_hex(3), poll_interval=5) as hub:
         r = hub.spawn("alice", {"image": CH_IMAGE, "partition": "cpu", "memory": "1G", "time": "00:30:00"})
         assert r.status_code in (201, 202), r.text
         hub.wait_ready("alice", timeout=150)
@@ -196,10 +193,3 @@ def test_hub_spawns_a_server_with_charliecloud(testbed, tmp_path_factory):
         assert state.get("status") == "ok", state
         assert f"inner {testbed['NOTEBOOK_SIF']}" in stdout_of(outputs)
         hub.stop_server("alice")
-    finally:
-        try:
-            if hub.server("alice") is not None:
-                hub.stop_server("alice")
-        finally:
-            hub.stop()
-            subprocess.run(["scancel", "--name=" + job_name], check=False)

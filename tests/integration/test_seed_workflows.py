@@ -8,14 +8,17 @@ jobs, real Apptainer, as alice, through a real jupyter server and the REST API.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
+import secrets
 import subprocess
 import time
 
 import pytest
 
+from hub_fixtures import running_hub
 from kernel_fixtures import ipython_output, kernel_output
 from server_fixtures import server_for, validate_schema, wait_cell
 
@@ -386,13 +389,6 @@ def test_cell_over_its_memory_is_reported_out_of_memory(alice, cancel_jobs):
 
 def test_spawned_server_uses_the_users_venv(testbed, tmp_path_factory):
     """The spawn form offers alice's venvs; the server spawned with one imports its packages first."""
-    import re as _re
-    import secrets
-
-    import requests
-
-    from hub_fixtures import HubProcess
-
     home = pwd.getpwnam("alice").pw_dir
     cli = f"{testbed['VENV']}/bin/jupyter-hpc"
     name = "seed-spawn-venv"
@@ -400,38 +396,26 @@ def test_spawned_server_uses_the_users_venv(testbed, tmp_path_factory):
     as_alice(cli, "venv", "create", name, "--image", IMAGE)
     path = os.path.join(os.path.realpath(os.path.join(home, ".jupyter-hpc", "venvs")), name)
     as_alice("bash", "-c", f"cd {path}/lib/python3*/site-packages && echo 'WHERE = \"spawn-venv\"' > seed_spawn_pkg.py")
-    job_name = "jhvenv-" + secrets.token_hex(3)
-    hub = HubProcess(str(tmp_path_factory.mktemp("venvhub")), job_name=job_name, poll_interval=5)
-    hub.start()
     try:
-        s = requests.Session()
-        s.get(hub.url + "/hub/login", timeout=30)
-        xsrf = s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf")
-        r = s.post(hub.url + "/hub/login", data={"username": "alice", "password": hub.password, "_xsrf": xsrf},
-                   allow_redirects=False, timeout=30)
-        assert r.status_code in (302, 303), r.text[:300]
-        page = s.get(hub.url + "/hub/spawn", timeout=60).text
-        assert _re.search(r'<select[^>]*name="venv"', page) and f'<option value="{name}">' in page, page[:3000]
+        with running_hub(str(tmp_path_factory.mktemp("venvhub")), "jhvenv-" + secrets.token_hex(3),
+                         poll_interval=5) as hub:
+            s, _ = hub.login("alice")
+            page = s.get(hub.url + "/hub/spawn", timeout=60).text
+            assert re.search(r'<select[^>]*name="venv"', page) and f'<option value="{name}">' in page, page[:3000]
 
-        r = hub.spawn("alice", {"image": IMAGE, "venv": name, "partition": "cpu", "memory": "1G",
-                                "time": "00:30:00"})
-        assert r.status_code in (201, 202), r.text
-        hub.wait_ready("alice", timeout=150)
-        out = hub.run_code("alice", "import os, sys, seed_spawn_pkg\n"
-                                    "print('server', sys.prefix, seed_spawn_pkg.WHERE, os.environ.get('VIRTUAL_ENV'))")
-        assert f"server {path} spawn-venv {path}" in out, out
-        hub.stop_server("alice")
-        # a venv name that is not one of alice's is refused before anything is submitted
-        r = hub.spawn("alice", {"image": IMAGE, "venv": "../escape"})
-        assert r.status_code == 400 and "venv" in r.text, r.text
+            r = hub.spawn("alice", {"image": IMAGE, "venv": name, "partition": "cpu", "memory": "1G",
+                                    "time": "00:30:00"})
+            assert r.status_code in (201, 202), r.text
+            hub.wait_ready("alice", timeout=150)
+            out = hub.run_code("alice", "import os, sys, seed_spawn_pkg\n"
+                                        "print('server', sys.prefix, seed_spawn_pkg.WHERE, os.environ.get('VIRTUAL_ENV'))")
+            assert f"server {path} spawn-venv {path}" in out, out
+            hub.stop_server("alice")
+            # a venv name that is not one of alice's is refused before anything is submitted
+            r = hub.spawn("alice", {"image": IMAGE, "venv": "../escape"})
+            assert r.status_code == 400 and "venv" in r.text, r.text
     finally:
-        try:
-            if hub.server("alice") is not None:
-                hub.stop_server("alice")
-        finally:
-            hub.stop()
-            subprocess.run(["scancel", "--name=" + job_name], check=False)
-            as_alice(cli, "venv", "remove", name, check=False)
+        as_alice(cli, "venv", "remove", name, check=False)
 
 
 # -- the site registry: a user pushes an image, jobs run it by its docker:// reference ---------------
@@ -451,9 +435,6 @@ def test_user_pushed_image_runs_from_the_site_registry(testbed, cancel_jobs):
     there. A server whose administrators did not list the plain-HTTP registry refuses to pull
     from it, and says why.
     """
-    import json
-    import secrets
-
     import requests
 
     registry = testbed["REGISTRY"]

@@ -338,20 +338,8 @@ def test_stop_leaves_no_job(hub):
     assert _our_jobs() == []
 
 
-def _login(hub, name):
-    import requests
-
-    s = requests.Session()
-    r = s.get(hub.url + "/hub/login", timeout=30)
-    xsrf = s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf")
-    r = s.post(hub.url + "/hub/login", data={"username": name, "password": hub.password, "_xsrf": xsrf},
-               allow_redirects=False, timeout=30)
-    assert r.status_code in (302, 303), (r.status_code, r.text[:300])
-    return s, xsrf
-
-
 def test_spawn_form_lists_catalog_and_checks_form_values(hub):
-    s, xsrf = _login(hub, "carol")
+    s, xsrf = hub.login("carol")
     r = s.get(hub.url + "/hub/spawn", timeout=60)
     assert r.status_code == 200
     page = r.text
