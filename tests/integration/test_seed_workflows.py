@@ -375,13 +375,65 @@ def test_cell_over_its_memory_is_reported_out_of_memory(alice, cancel_jobs):
     err = [o for o in outputs if o.get("output_type") == "error"]
     assert err and err[-1]["ename"] == "OutOfMemory", outputs
     text = "\n".join(err[-1]["traceback"])
-    assert "ran out of memory" in text and "256M" in text and "Exceeded job memory limit" in text, text
+    assert "ran out of memory" in text and "256M" in text, text
+    # Slurm's own words come with it: the cgroup's OOM kill, or the sampler's kill without cgroups
+    assert re.search(r"oom-kill event|Exceeded job memory limit", text), text
     assert "survived" not in stdout_of(outputs)
     # within the limit the same kind of cell is fine
     ok = submit(alice, "blocks = [bytearray(16 * 1024 * 1024) for _ in range(2)]\nprint('fits')\n", memory="512M")
     cancel_jobs.append(ok)
     outputs, last, _ = wait_cell(alice, ok, timeout=120)
     assert last["status"] == "ok" and "fits" in stdout_of(outputs), outputs
+
+
+CPU_PROBE = """\
+import os, time, multiprocessing as mp
+
+def spin(q):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.5:
+        pass
+    q.put(time.process_time())
+
+print('cpus', len(os.sched_getaffinity(0)))
+print('cgroup', [l.split(':', 2)[2] for l in open('/proc/self/cgroup').read().splitlines() if ':cpuset:' in l])
+# asking for every CPU of the machine does not widen the set: the job's cpuset bounds it
+os.sched_setaffinity(0, range(os.cpu_count()))
+print('widened', len(os.sched_getaffinity(0)))
+# two busy processes for 1.5 s each: the CPU time they get together shows how many CPUs the job really has
+q = mp.get_context('fork').Queue()
+procs = [mp.get_context('fork').Process(target=spin, args=(q,)) for _ in range(2)]
+t0 = time.monotonic()
+for p in procs:
+    p.start()
+used = sum(q.get() for _ in procs)
+for p in procs:
+    p.join()
+print('cpu_per_wall %.2f' % (used / (time.monotonic() - t0)))
+"""
+
+
+def test_cell_job_is_held_to_its_cpus(alice, testbed, cancel_jobs):
+    """Slurm confines a cell job to the CPUs it asked for (task/cgroup cpuset), not just counts them."""
+    if testbed.get("CGROUPS", "none") == "none":
+        pytest.skip("this machine offers no cgroups: the testbed runs Slurm without CPU binding")
+    one = submit(alice, CPU_PROBE, cpus=1)
+    cancel_jobs.append(one)
+    outputs, last, _ = wait_cell(alice, one, timeout=180)
+    assert last["status"] == "ok", outputs
+    out = stdout_of(outputs)
+    assert "cpus 1\n" in out and "widened 1\n" in out, out
+    assert f"job_{one}" in out, out  # the cpuset is the job's own cgroup
+    ratio = float(re.search(r"cpu_per_wall ([0-9.]+)", out).group(1))
+    assert ratio < 1.4, out  # two busy processes share the one CPU (about 1.0), where two CPUs would give 2.0
+    assert last["run"]["alloc_cpus"] == 1, last["run"]
+
+    machine = int(testbed.get("MACHINE_CPUS") or os.cpu_count())
+    if machine >= 2:
+        two = submit(alice, "import os\nprint('cpus', len(os.sched_getaffinity(0)))\n", cpus=2)
+        cancel_jobs.append(two)
+        outputs, last, _ = wait_cell(alice, two, timeout=120)
+        assert last["status"] == "ok" and "cpus 2\n" in stdout_of(outputs), outputs
 
 
 # -- a hub-spawned server with the user's venv -------------------------------------------------------
@@ -408,8 +460,11 @@ def test_spawned_server_uses_the_users_venv(testbed, tmp_path_factory):
             assert r.status_code in (201, 202), r.text
             hub.wait_ready("alice", timeout=150)
             out = hub.run_code("alice", "import os, sys, seed_spawn_pkg\n"
-                                        "print('server', sys.prefix, seed_spawn_pkg.WHERE, os.environ.get('VIRTUAL_ENV'))")
+                                        "print('server', sys.prefix, seed_spawn_pkg.WHERE, os.environ.get('VIRTUAL_ENV'))\n"
+                                        "print('server cpus', len(os.sched_getaffinity(0)))")
             assert f"server {path} spawn-venv {path}" in out, out
+            if testbed.get("CGROUPS", "none") != "none":
+                assert "server cpus 1" in out, out  # the server's job asked for 1 CPU and is held to it
             hub.stop_server("alice")
             # a venv name that is not one of alice's is refused before anything is submitted
             r = hub.spawn("alice", {"image": IMAGE, "venv": "../escape"})

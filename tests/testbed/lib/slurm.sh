@@ -31,9 +31,38 @@ munge_start() {
 munge_stop() { kill_pidfile "$TB_MUNGE_PID"; }
 
 # ---- configuration ------------------------------------------------------------------
+# Which cgroup version Slurm's task/cgroup plugin can use here: "v1" (cpuset and
+# memory controllers mounted under /sys/fs/cgroup/<name>), "v2" (unified hierarchy
+# offering both), or "none". Without cgroups the testbed falls back to the sampler.
+slurm_cgroup_mode() {
+    if [[ -f /sys/fs/cgroup/cpuset/cpuset.cpus && -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]]; then
+        echo v1
+    elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] &&
+        grep -qw cpuset /sys/fs/cgroup/cgroup.controllers && grep -qw memory /sys/fs/cgroup/cgroup.controllers; then
+        echo v2
+    else
+        echo none
+    fi
+}
+
 write_slurm_conf() {
     local node; node=$(slurm_node)
     local tmp; tmp=$(mktemp)
+    local cgroups; cgroups=$(slurm_cgroup_mode)
+    local limits
+    if [[ $cgroups == none ]]; then
+        limits='# No usable cgroups here: plain process tracking, no CPU binding. Memory
+# limits are enforced by the sampler: a job over its --mem is killed.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherParams=OverMemoryKill'
+    else
+        limits='# Limits enforced by the kernel: each job runs in a cgroup holding only the
+# CPUs it was allocated (cpuset) and at most its --mem (memory controller; a job
+# over it ends OUT_OF_MEMORY). Settings in cgroup.conf.
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup'
+    fi
     cat >"$tmp" <<EOT
 # Single-node Slurm testbed for jupyter-hpc (written by tests/testbed/testbed.sh).
 ClusterName=jupyterhpc
@@ -51,15 +80,10 @@ SlurmdLogFile=$TB_SLURM_LOG_DIR/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 
-# No cgroups in the testbed: plain process tracking, no task binding.
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+$limits
 # Live job vitals (sstat: CPU time, current and peak memory), sampled every 2 s.
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=2
-# Without cgroups, memory limits are enforced by the sampler: a job over its
-# --mem is killed and ends OUT_OF_MEMORY.
-JobAcctGatherParams=OverMemoryKill
 MpiDefault=none
 
 # No slurmdbd: sacct is unavailable. Finished jobs stay visible in squeue
@@ -83,7 +107,9 @@ SlurmdTimeout=300
 ReturnToService=2
 
 # The node declares more CPUs than the machine has so that many small jobs fit;
-# config_overrides makes slurmd report the configured values.
+# config_overrides makes slurmd report the configured values. With cgroups the
+# declared CPUs map onto the real ones in turn: a 1-CPU job is held to one real
+# CPU, and successive jobs land on different ones.
 SlurmdParameters=config_overrides
 NodeName=$node CPUs=$TB_NODE_CPUS RealMemory=$TB_NODE_MEMORY Gres=gpu:$TB_GPU_TYPE:$TB_GPU_COUNT State=UNKNOWN
 PartitionName=$TB_CPU_PARTITION Nodes=$node Default=YES MaxTime=1-00:00:00 DefaultTime=01:00:00 State=UP
@@ -93,6 +119,26 @@ EOT
     _slurm_conf_changed=
     if ! cmp -s "$tmp" "$TB_SLURM_CONF_DIR/slurm.conf"; then
         install -m 0644 "$tmp" "$TB_SLURM_CONF_DIR/slurm.conf"
+        _slurm_conf_changed=1
+    fi
+    if [[ $cgroups == none ]]; then
+        : >"$tmp"
+    else
+        # The fake GPU devices are not real devices: device constraints stay off.
+        cat >"$tmp" <<EOT
+# Written by tests/testbed/testbed.sh.
+CgroupPlugin=cgroup/$cgroups
+ConstrainCores=yes
+ConstrainRAMSpace=yes
+ConstrainDevices=no
+EOT
+    fi
+    if ! cmp -s "$tmp" "$TB_SLURM_CONF_DIR/cgroup.conf"; then
+        if [[ -s $tmp ]]; then
+            install -m 0644 "$tmp" "$TB_SLURM_CONF_DIR/cgroup.conf"
+        else
+            rm -f "$TB_SLURM_CONF_DIR/cgroup.conf"
+        fi
         _slurm_conf_changed=1
     fi
     echo "NodeName=$node Name=gpu Type=$TB_GPU_TYPE File=/dev/fakegpu[0-$((TB_GPU_COUNT - 1))]" >"$tmp"
