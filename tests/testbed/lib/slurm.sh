@@ -122,7 +122,10 @@ EOT
         _slurm_conf_changed=1
     fi
     if [[ $cgroups == none ]]; then
-        : >"$tmp"
+        if [[ -e $TB_SLURM_CONF_DIR/cgroup.conf ]]; then
+            rm -f "$TB_SLURM_CONF_DIR/cgroup.conf"
+            _slurm_conf_changed=1
+        fi
     else
         # The fake GPU devices are not real devices: device constraints stay off.
         cat >"$tmp" <<EOT
@@ -132,14 +135,10 @@ ConstrainCores=yes
 ConstrainRAMSpace=yes
 ConstrainDevices=no
 EOT
-    fi
-    if ! cmp -s "$tmp" "$TB_SLURM_CONF_DIR/cgroup.conf"; then
-        if [[ -s $tmp ]]; then
+        if ! cmp -s "$tmp" "$TB_SLURM_CONF_DIR/cgroup.conf"; then
             install -m 0644 "$tmp" "$TB_SLURM_CONF_DIR/cgroup.conf"
-        else
-            rm -f "$TB_SLURM_CONF_DIR/cgroup.conf"
+            _slurm_conf_changed=1
         fi
-        _slurm_conf_changed=1
     fi
     echo "NodeName=$node Name=gpu Type=$TB_GPU_TYPE File=/dev/fakegpu[0-$((TB_GPU_COUNT - 1))]" >"$tmp"
     if ! cmp -s "$tmp" "$TB_SLURM_CONF_DIR/gres.conf"; then
