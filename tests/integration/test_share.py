@@ -137,24 +137,14 @@ def jobs(hub, testbed):
         subprocess.run(["scancel", *ids.values()], capture_output=True, timeout=60)
 
 
-def login(hub, name):
-    s = requests.Session()
-    s.get(hub.url + "/hub/login", timeout=30)
-    xsrf = s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf")
-    r = s.post(hub.url + "/hub/login", data={"username": name, "password": hub.password, "_xsrf": xsrf},
-               allow_redirects=False, timeout=30)
-    assert r.status_code in (302, 303), (r.status_code, r.text[:300])
-    return s
-
-
 @pytest.fixture(scope="module")
 def bob(hub):
-    return login(hub, "bob")
+    return hub.login("bob")[0]
 
 
 @pytest.fixture(scope="module")
 def carol(hub):
-    return login(hub, "carol")
+    return hub.login("carol")[0]
 
 
 def share_url(hub, owner, job_id, path=""):
