@@ -190,7 +190,8 @@ def test_concurrent_spawns_and_cells(hub, load_users, alice_srv, bob_srv, figure
         "orphan_jobs": len(orphans),
     })
     assert not refused, refused
-    assert counts["failed"] == 0 and counts["starting"] == 0, status
+    unready = {sv: st for sv, st in status.items() if st[0] in ("failed", "starting")}
+    assert not unready, _explain(hub, unready)
     assert counts["ready"] + counts["pending"] == len(servers), status
     assert len(cell_ids) == 2 * CELLS_PER_SERVER, {k: r.status_code for k, (s, r) in cells.items()}
     assert all(v in ("ok", "PENDING") for v in cell_states.values()), cell_states
@@ -199,6 +200,29 @@ def test_concurrent_spawns_and_cells(hub, load_users, alice_srv, bob_srv, figure
     assert gone, "servers still listed after stopping"
     assert orphans == [], orphans
     assert jobs_named(JOB_NAME, user=load_users[0]) == []
+
+
+def _explain(hub, unready: Dict[Tuple[str, str], Tuple[str, str]]) -> str:
+    """The servers that neither started nor stayed pending, each with what the hub logged about it."""
+    try:
+        with open(hub.log_path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        lines = [f"(hub log unreadable: {e})"]
+    parts = []
+    for (user, name), (state, detail) in sorted(unready.items()):
+        label = f"{user}:{name}" if name else user
+        said = [ln[:400] for ln in lines
+                if (ln.startswith("[E") or ln.startswith("[W")) and _mentions(ln, user, name)]
+        parts.append(f"{label}: {state} ({detail})\n    " + "\n    ".join(said[-6:] or ["(nothing logged)"]))
+    return "servers neither ready nor pending:\n" + "\n".join(parts)
+
+
+def _mentions(line: str, user: str, name: str) -> bool:
+    """Whether a hub log line is about the server ``user``/``name`` (a named server is user:name)."""
+    if name:
+        return f"{user}:{name}" in line or f"/users/{user}/servers/{name}" in line
+    return any(f"{user}{end}" in line for end in (" ", "'", "/server ", "\n")) and f"{user}:" not in line
 
 
 def _wait_all_stopped(hub, servers, timeout: float) -> bool:
