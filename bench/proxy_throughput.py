@@ -6,6 +6,8 @@ The service is the test web app of tests/integration/server_fixtures.py, started
 API as a real Slurm job in the notebook image. Run as root on the testbed:
 ``/opt/jupyter-hpc/venv/bin/python bench/proxy_throughput.py [--mb 50] [--requests 200]``.
 
+A second server of the same user, whose proxy opens a new connection to the service for every
+request (``proxy_keepalive_seconds=0``), shows what the keep-alive pool gains ("proxy, no pool").
 Two plain TCP relays (bench/tcp_relay.py) to the same service are measured in the same run as
 reference points: ``splice`` (kernel zero-copy) and ``copy`` (the cheapest relay through user
 space). On a small machine where client, proxy and service share the CPUs, they show how much of
@@ -109,11 +111,16 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--user", default="alice")
     ap.add_argument("--no-references", action="store_true", help="skip the reference TCP relays")
+    ap.add_argument("--no-fresh", action="store_true",
+                    help="skip the second server whose proxy opens a new connection for every request")
     ap.add_argument("--link-gbit", type=float, default=0,
                     help="put the service behind a link of this many Gbit/s (tc on lo; root only)")
     args = ap.parse_args()
     # Default proxy settings (the tests switch the ownership-check cache off).
     server = server_for(args.user, "/opt/jupyter-hpc/venv", extra_args=())
+    # The same user's second server with the keep-alive pool off: what pooling gains, same run.
+    fresh = None if args.no_fresh else server_for(
+        args.user, "/opt/jupyter-hpc/venv", extra_args=("--HPCExtension.proxy_keepalive_seconds=0",))
     job_id = None
     relays = []
     shaped = False
@@ -131,6 +138,8 @@ def main() -> int:
             relays = start_relays(node, int(info["port_env"]))
         rows = []
         paths = [("proxy", proxied, server.headers()), ("direct", direct, {})]
+        if fresh is not None:
+            paths.append(("proxy, no pool", fresh.url(f"jupyter-hpc/proxy/{job_id}"), fresh.headers()))
         paths += [(label, url, {}) for label, url, _ in relays]
         times = {label: [] for label, _, _ in paths}
         lat = {label: [] for label, _, _ in paths}
@@ -157,18 +166,20 @@ def main() -> int:
         if job_id:
             server.api("DELETE", f"services/{job_id}")
         server.stop()
+        if fresh is not None:
+            fresh.stop()
     print(f"\nService job {job_id}: {args.mb} MB download (median of {args.repeat}) and "
           f"{args.requests} small GETs (keep-alive), interleaved over {args.repeat} rounds"
           + (f"; service behind a {args.link_gbit:g} Gbit/s link" if args.link_gbit > 0 else "; loopback") + "\n")
-    print(f"{'path':<14}{'MB/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'MB/s / direct':>15}{'p50 - direct':>14}")
+    print(f"{'path':<16}{'MB/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'MB/s / direct':>15}{'p50 - direct':>14}")
     dm, dl = rows[1][1], rows[1][2]
     for label, mbps, p50, p95 in rows:
-        print(f"{label:<14}{mbps:>10.1f}{p50:>10.2f}{p95:>10.2f}{mbps / dm:>15.2f}{p50 - dl:>+14.2f}")
+        print(f"{label:<16}{mbps:>10.1f}{p50:>10.2f}{p95:>10.2f}{mbps / dm:>15.2f}{p50 - dl:>+14.2f}")
     pm, pl = rows[0][1], rows[0][2]
     print(f"\nthroughput ratio proxy/direct: {pm / dm:.2f}; p50 latency ratio proxy/direct: {pl / dl:.2f}; "
           f"p50 added by the proxy: {pl - dl:+.2f} ms")
-    for label, mbps, _, _ in rows[2:]:
-        print(f"throughput ratio proxy/{label}: {pm / mbps:.2f}")
+    for label, mbps, p50, _ in rows[2:]:
+        print(f"throughput ratio proxy/{label}: {pm / mbps:.2f}; p50 proxy - {label}: {pl - p50:+.2f} ms")
     return 0
 
 

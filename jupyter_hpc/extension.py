@@ -101,6 +101,15 @@ class HPCExtension(ExtensionApp):
         ),
     ).tag(config=True)
 
+    proxy_keepalive_seconds = Float(
+        4.0,
+        help=(
+            "How long the proxy keeps an idle connection to a service open for the next request "
+            "(one pool per service job; 0 opens a new connection for every request). Keep it "
+            "below the services' own keep-alive timeout (Node.js: 5 s)."
+        ),
+    ).tag(config=True)
+
     watch_interval = Float(
         2.0,
         help="Seconds between the batched squeue calls of the shared job watcher.",

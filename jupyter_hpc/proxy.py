@@ -16,6 +16,10 @@ module only decides *where* a request may go:
 Anything else is answered 404 (unknown/not a service/finished) or 403 (not
 allowed), before any connection to a node is made. The target never comes from
 the request: the URL only names a job id.
+
+Upstream, GET responses stream through in large reads, and connections to a
+service are kept alive in a :class:`ConnectionPool` keyed by job id
+(``HPCExtension.proxy_keepalive_seconds``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from typing import Any, Awaitable, Dict, List, Optional, Tuple
 from jupyter_server.utils import url_path_join
 from jupyter_server_proxy.handlers import ProxyHandler
 from tornado import httpclient, httputil, simple_httpclient, web
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
 from tornado.netutil import DefaultLoopResolver, Resolver
 
 from . import validate
@@ -36,6 +43,7 @@ from .validate import ValidationError
 AUTH_RESOURCE = "jupyter_hpc"
 _CACHE_KEY = "jupyter_hpc_proxy_targets"
 _RESOLVER_KEY = "jupyter_hpc_proxy_resolver"
+_POOL_KEY = "jupyter_hpc_proxy_pool"
 #: Response headers of streamed downloads not passed on (tornado frames the response
 #: itself; the body is forwarded byte for byte, so Content-Length stays true).
 _NOT_FORWARDED = ("Transfer-Encoding", "Connection", "Keep-Alive")
@@ -71,18 +79,198 @@ class NodeResolver(Resolver):
         return addresses
 
 
+class ConnectionPool:
+    """Idle keep-alive connections to services, one list per service job.
+
+    Keyed by job id (not host:port), so a connection opened for one job never
+    serves a request for another job that later listens on the same address.
+    A connection is handed out again only while it is younger than ``idle_seconds``
+    since its last response, and only if the service has not closed it meanwhile
+    (checked without blocking before reuse).
+    """
+
+    def __init__(self, idle_seconds: float = 4.0, per_job: int = 16) -> None:
+        self.idle_seconds = idle_seconds
+        self.per_job = per_job
+        self._idle: Dict[str, List[Tuple[float, Tuple[str, int], IOStream]]] = {}
+        self._sweep_handle: Any = None
+        self.counters = {"opened": 0, "reused": 0, "discarded": 0}
+
+    def acquire(self, key: str, address: Tuple[str, int]) -> Optional[IOStream]:
+        """A live idle connection of ``key`` to ``address``, or None."""
+        self._sweep()
+        idle = self._idle.get(key)
+        while idle:
+            _, addr, stream = idle.pop()
+            if addr == address and _still_open(stream):
+                self.counters["reused"] += 1
+                return stream
+            self.counters["discarded"] += 1
+            stream.close()
+        self._idle.pop(key, None)
+        return None
+
+    def release(self, key: str, address: Tuple[str, int], stream: IOStream) -> None:
+        """Keep ``stream`` (a complete response was read from it) for the next request of ``key``."""
+        if self.idle_seconds <= 0 or stream.closed():
+            stream.close()
+            return
+        idle = self._idle.setdefault(key, [])
+        idle.append((time.monotonic(), address, stream))
+        while len(idle) > self.per_job:
+            idle.pop(0)[2].close()
+        self._sweep()
+        self._schedule_sweep()
+
+    def _schedule_sweep(self) -> None:
+        # Expired connections are closed even when no further request comes.
+        if self._sweep_handle is None and self._idle:
+            self._sweep_handle = IOLoop.current().call_later(self.idle_seconds + 0.5, self._timed_sweep)
+
+    def _timed_sweep(self) -> None:
+        self._sweep_handle = None
+        self._sweep()
+        self._schedule_sweep()
+
+    def drop(self, key: str) -> None:
+        """Close every idle connection of ``key`` (the service stopped, or one turned out stale)."""
+        for _, _, stream in self._idle.pop(key, []):
+            stream.close()
+
+    def close(self) -> None:
+        for key in list(self._idle):
+            self.drop(key)
+        if self._sweep_handle is not None:
+            IOLoop.current().remove_timeout(self._sweep_handle)
+            self._sweep_handle = None
+
+    def idle(self, key: str) -> int:
+        return len(self._idle.get(key, ()))
+
+    def _sweep(self) -> None:
+        limit = time.monotonic() - self.idle_seconds
+        for key in list(self._idle):
+            kept = []
+            for entry in self._idle[key]:
+                if entry[0] >= limit:
+                    kept.append(entry)
+                else:
+                    entry[2].close()
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+
+
+def _still_open(stream: IOStream) -> bool:
+    """True if nothing arrived on an idle connection: no close (EOF), no stray bytes."""
+    if stream.closed() or getattr(stream, "_read_buffer_size", 1):
+        return False
+    try:
+        stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return True  # nothing to read: still open and quiet
+    except OSError:
+        return False
+    return False  # EOF (b"") or bytes nobody asked for
+
+
+class _PoolingTCPClient(TCPClient):
+    """Connects through the pool: an idle connection of the job if there is one, else a new one."""
+
+    def __init__(self, resolver: Resolver, pool: Optional[ConnectionPool], key: str, reuse: bool) -> None:
+        super().__init__(resolver=resolver)
+        self.pool, self.key, self.reuse = pool, key, reuse
+        self.reused = False
+
+    async def connect(self, host, port, *args, **kwargs):  # type: ignore[override]
+        if self.pool is not None and self.reuse and not kwargs.get("ssl_options"):
+            stream = self.pool.acquire(self.key, (host, port))
+            if stream is not None:
+                self.reused = True
+                return stream
+        stream = await super().connect(host, port, *args, **kwargs)
+        if self.pool is not None:
+            self.pool.counters["opened"] += 1
+        return stream
+
+
 class _BulkReadConnection(simple_httpclient._HTTPConnection):
-    """tornado's client connection, reading the response body in ``READ_BYTES`` pieces."""
+    """tornado's client connection, reading the response body in ``READ_BYTES`` pieces.
+
+    With a pool, the request asks for keep-alive and a connection whose response
+    was read completely (framed by Content-Length or chunked encoding, no
+    ``Connection: close``, nothing left over) goes back to the pool instead of
+    being closed.
+    """
+
+    async def run(self) -> None:
+        if self._pool() is not None and "Connection" not in self.request.headers:
+            self.request.headers["Connection"] = "keep-alive"
+        await super().run()
+
+    def _pool(self) -> Optional[ConnectionPool]:
+        tcp = self.tcp_client
+        return tcp.pool if isinstance(tcp, _PoolingTCPClient) else None
 
     def _create_connection(self, stream):
         stream.read_chunk_size = max(stream.read_chunk_size, min(READ_BYTES, stream.max_buffer_size // 2))
         connection = super()._create_connection(stream)
         connection.params.chunk_size = max(connection.params.chunk_size, READ_BYTES)
+        if self._pool() is not None:
+            connection.params.no_keep_alive = False
         return connection
+
+    async def headers_received(self, first_line, headers) -> None:
+        await super().headers_received(first_line, headers)
+        # The final response's status and parsed headers, before its first body chunk
+        # (``header_callback`` would hand them over as raw lines to be parsed again).
+        callback = getattr(self.request, "response_start_callback", None)
+        if callback is not None and not 100 <= first_line.code < 200:
+            callback(first_line.code, first_line.reason, headers)
+
+    def _reusable(self) -> bool:
+        connection = getattr(self, "connection", None)
+        stream = getattr(self, "stream", None)
+        if self._pool() is None or connection is None or stream is None or connection.stream is not stream:
+            return False
+        if stream.closed() or getattr(stream, "_read_buffer_size", 1):
+            return False
+        if self.request.headers.get("Connection", "").lower() != "keep-alive":
+            return False
+        start_line = getattr(connection, "_response_start_line", None)
+        if start_line is None or self.headers is None:
+            return False
+        return connection._can_keep_alive(start_line, self.headers)
+
+    def _on_end_request(self) -> None:
+        if not self._reusable():
+            self.stream.close()
+            return
+        stream = self.connection.detach()
+        stream.set_close_callback(None)
+        tcp = self.tcp_client
+        tcp.pool.release(tcp.key, (self.parsed_hostname, self.parsed.port or 80), stream)
 
 
 class ProxyHTTPClient(simple_httpclient.SimpleAsyncHTTPClient):
-    """tornado's HTTP client with larger body reads (see :class:`_BulkReadConnection`)."""
+    """tornado's HTTP client with larger body reads and, given a pool, kept-alive connections.
+
+    ``pool``/``pool_key``: the :class:`ConnectionPool` and the job id whose idle
+    connections may be used; ``reuse=False`` opens a new connection (the response's
+    connection may still go back to the pool).
+    """
+
+    def initialize(self, *args: Any, pool: Optional[ConnectionPool] = None, pool_key: str = "",
+                   reuse: bool = True, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self.tcp_client.close()
+        self.tcp_client = _PoolingTCPClient(self.resolver, pool, pool_key, reuse)
+
+    @property
+    def reused_connection(self) -> bool:
+        """Whether the last request went over a pooled connection."""
+        return self.tcp_client.reused
 
     def _connection_class(self) -> type:
         return _BulkReadConnection
@@ -102,8 +290,17 @@ class ProxyRefused(web.HTTPError):
 
 
 def forget_target(settings, job_id: str) -> None:
-    """Drop a cached target (called when a service is stopped)."""
+    """Drop a cached target and its idle connections (called when a service is stopped)."""
     _cache(settings).pop(job_id, None)
+    pool = settings.get(_POOL_KEY)
+    if pool is not None:
+        pool.drop(job_id)
+
+
+def _stale(error: Optional[BaseException]) -> bool:
+    """An error that a kept-alive connection closed by the service gives on its next request."""
+    return isinstance(error, (StreamClosedError, ConnectionResetError, BrokenPipeError,
+                              simple_httpclient.HTTPStreamClosedError))
 
 
 class ServiceProxyHandler(ProxyHandler):
@@ -191,26 +388,56 @@ class ServiceProxyHandler(ProxyHandler):
                 headers["Cookie"] = "; ".join(kept)
         return headers
 
-    def _client(self) -> httpclient.AsyncHTTPClient:
+    def _pool(self) -> Optional[ConnectionPool]:
+        seconds = self.ext.proxy_keepalive_seconds
+        if seconds <= 0:
+            return None
+        pool = self.settings.get(_POOL_KEY)
+        if pool is None:
+            pool = self.settings[_POOL_KEY] = ConnectionPool(seconds)
+        pool.idle_seconds = seconds
+        return pool
+
+    def _client(self, reuse: bool = True) -> ProxyHTTPClient:
         # tornado's default client limit (100 MB) would make larger downloads fail.
         limit = int(self.ext.proxy_max_body_mb * 1024 * 1024)
         resolver = self.settings.get(_RESOLVER_KEY)
         if resolver is None:
             resolver = self.settings[_RESOLVER_KEY] = NodeResolver()
-        return ProxyHTTPClient(force_instance=True, max_body_size=limit, max_buffer_size=limit, resolver=resolver)
+        return ProxyHTTPClient(force_instance=True, max_body_size=limit, max_buffer_size=limit, resolver=resolver,
+                               pool=self._pool(), pool_key=self._job_id or "", reuse=reuse)
 
     async def _proxy_buffered(self, host, port, proxied_path, body, client):
         client.close()
-        client = self._client()
+        if self.request.method == "GET":
+            return await self._proxy_streamed(host, port, proxied_path)
+        # Other methods: jupyter-server-proxy's buffered path (response rewriting included),
+        # always on a new connection: a request that may change state is never sent twice.
+        client = self._client(reuse=False)
         try:
-            if self.request.method == "GET":
-                return await self._proxy_streamed(host, port, proxied_path, client)
-            # Other methods: jupyter-server-proxy's buffered path (response rewriting included).
             return await super()._proxy_buffered(host, port, proxied_path, body, client)
         finally:
             client.close()
 
-    async def _proxy_streamed(self, host, port, proxied_path, client) -> None:
+    async def _proxy_streamed(self, host, port, proxied_path) -> None:
+        """GET, on a kept-alive connection when one is idle; sent again on a new connection
+        if the service had closed that one before answering (GET is idempotent)."""
+        client = self._client()
+        try:
+            retry = await self._proxy_streamed_once(host, port, proxied_path, client)
+        finally:
+            client.close()
+        if retry:
+            pool = self.settings.get(_POOL_KEY)
+            if pool is not None:
+                pool.drop(self._job_id or "")
+            client = self._client(reuse=False)
+            try:
+                await self._proxy_streamed_once(host, port, proxied_path, client)
+            finally:
+                client.close()
+
+    async def _proxy_streamed_once(self, host, port, proxied_path, client: ProxyHTTPClient) -> bool:
         """GET with the response body forwarded chunk by chunk as it arrives.
 
         Large downloads (data, model files) then neither wait for the whole body
@@ -218,7 +445,6 @@ class ServiceProxyHandler(ProxyHandler):
         jupyter-server-proxy's buffered path (hop-by-hop headers dropped,
         redirects rewritten to stay under the proxy prefix).
         """
-        raw_headers: List[str] = []
         started = False
 
         def start(code: int, reason: Optional[str], headers: httputil.HTTPHeaders) -> None:
@@ -233,25 +459,12 @@ class ServiceProxyHandler(ProxyHandler):
                     value = self._rewrite_location_header(value, host, port, proxied_path)
                 self.add_header(name, value)
 
-        def start_from_raw() -> None:
-            # header_callback sees one block per response (1xx blocks first): use the last one
-            block: List[str] = []
-            for line in raw_headers:
-                if line.startswith("HTTP/"):
-                    block = [line]
-                elif block:
-                    block.append(line)
-            first = httputil.parse_response_start_line(block[0].strip())
-            start(first.code, first.reason, httputil.HTTPHeaders.parse("".join(block[1:])))
-
         pending = 0
 
         def on_chunk(chunk: bytes) -> Optional[Awaitable[None]]:
             # Written out in blocks of _FLUSH_BYTES; returning the flush makes the
             # client wait for a slow reader (memory stays bounded).
             nonlocal pending
-            if not started:
-                start_from_raw()
             self.write(chunk)
             pending += len(chunk)
             if pending < _FLUSH_BYTES:
@@ -260,22 +473,28 @@ class ServiceProxyHandler(ProxyHandler):
             # A large chunk goes out as it came (no copy into a joined buffer).
             return self.flush()
 
-        req = self._build_proxy_request(
-            host, port, proxied_path, None, streaming_callback=on_chunk, header_callback=raw_headers.append
-        )
+        req = self._build_proxy_request(host, port, proxied_path, None, streaming_callback=on_chunk)
+        req.response_start_callback = start  # type: ignore[attr-defined]  # see _BulkReadConnection
         try:
             response = await client.fetch(req, raise_error=False)
-        except httpclient.HTTPError as err:
+        except (httpclient.HTTPError, StreamClosedError, ConnectionError) as err:
+            if not started and client.reused_connection and _stale(err):
+                return True  # a kept-alive connection the service had closed: send it again
             self._record_activity()
-            raise web.HTTPError(599 if err.code == 599 else 502, str(err)) from None
+            if started:  # the body was cut off after it began: end the response here
+                self.log.warning("jupyter-hpc proxy: download from job %s broke off: %s", self._job_id, err)
+                return False
+            code = getattr(err, "code", 599)
+            raise web.HTTPError(599 if code == 599 else 502, str(err)) from None
         self._record_activity()
         if response.error and type(response.error) is not httpclient.HTTPError:
-            if started:  # the body was cut off after it began: end the response here
+            if started:
                 self.log.warning("jupyter-hpc proxy: download from job %s broke off: %s", self._job_id, response.error)
-                return
+                return False
             raise web.HTTPError(502, f"the service did not answer: {response.error}")
         if not started:
             start(response.code, response.reason, response.headers)
+        return False
 
     # --- methods: the target always comes from prepare() ---
 

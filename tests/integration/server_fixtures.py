@@ -224,6 +224,7 @@ class Info(web.RequestHandler):
             "authorization": self.request.headers.get("Authorization"),
             "cookie": self.request.headers.get("Cookie"),
             "prefix": self.request.headers.get("X-Forwarded-Prefix"),
+            "peer": list(self.request.connection.context.address or ()),
         }))
 
 

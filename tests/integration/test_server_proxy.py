@@ -96,6 +96,25 @@ def test_downloads_stream_and_redirects_stay_under_the_proxy(alice, service):
     assert r.headers["Location"] == f"/jupyter-hpc/proxy/{job_id}/some/target?from=moved"
 
 
+def test_requests_reuse_kept_alive_connections_to_the_service(alice, service):
+    """Successive GETs through the proxy arrive over one connection (the service sees one peer
+    port); a POST in between is sent on a new connection and the GETs go on working."""
+    job_id = service["job_id"]
+    session = requests.Session()
+    session.headers.update(alice.headers())
+    peers = []
+    for i in range(8):
+        r = session.get(alice.url(f"jupyter-hpc/proxy/{job_id}/keepalive/{i}"), timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["path"] == f"/keepalive/{i}"
+        peers.append(tuple(r.json()["peer"]))
+    assert len(set(peers)) == 1, peers
+    r = session.post(alice.url(f"jupyter-hpc/proxy/{job_id}/upload"), data=b"x" * 10, timeout=30)
+    assert r.status_code == 200 and r.json()["size"] == 10
+    r = session.get(alice.url(f"jupyter-hpc/proxy/{job_id}/keepalive/after-post"), timeout=30)
+    assert r.status_code == 200, r.text
+
+
 def test_service_refused_for_others(alice, bob, service):
     job_id = service["job_id"]
     path = f"jupyter-hpc/proxy/{job_id}/some/page"

@@ -2,11 +2,13 @@
 
 import socket
 
+import pytest
+
 from tornado import httpclient, web
 from tornado.netutil import bind_sockets
 from tornado.httpserver import HTTPServer
 
-from jupyter_hpc.proxy import READ_BYTES, NodeResolver, ProxyHTTPClient
+from jupyter_hpc.proxy import READ_BYTES, ConnectionPool, NodeResolver, ProxyHTTPClient
 
 BODY = bytes(range(256)) * (12 * 1024)  # 3 MiB
 
@@ -67,3 +69,191 @@ async def test_node_names_are_looked_up_once_within_the_ttl():
     await expired.resolve("localhost", 8000, socket.AF_INET)
     await expired.resolve("localhost", 8000, socket.AF_INET)
     assert expired.asked == 2
+
+
+# -- kept-alive connections ---------------------------------------------------------------------
+
+
+class Small(web.RequestHandler):
+    def get(self):
+        self.write(f"{self.request.connection.stream.socket.getpeername()[1]}")
+
+
+class Close(web.RequestHandler):
+    def get(self):
+        self.set_header("Connection", "close")
+        self.write("bye")
+
+
+class Unframed(web.RequestHandler):
+    """Answers without Content-Length or chunking: the body ends when the connection closes."""
+
+    async def get(self):
+        stream = self.request.connection.detach()
+        await stream.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close")
+        stream.close()
+
+
+async def _serve_small(idle_timeout: float = 3600):
+    sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+    app = web.Application([("/small", Small), ("/close", Close), ("/unframed", Unframed)])
+    server = HTTPServer(app, idle_connection_timeout=idle_timeout)
+    server.add_sockets(sockets)
+    return server, sockets[0].getsockname()[1]
+
+
+async def _get(pool, key, port, path="/small", reuse=True):
+    client = ProxyHTTPClient(force_instance=True, resolver=NodeResolver(), pool=pool, pool_key=key, reuse=reuse)
+    try:
+        r = await client.fetch(f"http://127.0.0.1:{port}{path}", raise_error=False)
+        return r, client.reused_connection
+    finally:
+        client.close()
+
+
+async def test_a_job_s_requests_share_one_kept_alive_connection():
+    server, port = await _serve_small()
+    pool = ConnectionPool(idle_seconds=30)
+    try:
+        answers = [await _get(pool, "101", port) for _ in range(5)]
+    finally:
+        pool.close()
+        server.stop()
+    client_ports = {r.body for r, _ in answers}
+    assert all(r.code == 200 for r, _ in answers)
+    assert len(client_ports) == 1, client_ports  # one TCP connection for all five
+    assert [reused for _, reused in answers] == [False, True, True, True, True]
+    assert pool.counters["opened"] == 1 and pool.counters["reused"] == 4
+
+
+async def test_connections_are_not_shared_between_jobs():
+    server, port = await _serve_small()
+    pool = ConnectionPool(idle_seconds=30)
+    try:
+        a, _ = await _get(pool, "101", port)
+        b, reused = await _get(pool, "102", port)
+        assert not reused and a.body != b.body
+        assert pool.idle("101") == 1 and pool.idle("102") == 1
+        pool.drop("101")
+        assert pool.idle("101") == 0
+        c, reused = await _get(pool, "101", port)
+        assert not reused and c.body not in (a.body, b.body)
+    finally:
+        pool.close()
+        server.stop()
+
+
+async def test_connections_the_response_ends_are_not_kept():
+    server, port = await _serve_small()
+    pool = ConnectionPool(idle_seconds=30)
+    try:
+        r, _ = await _get(pool, "101", port, "/close")
+        assert r.code == 200 and r.body == b"bye" and pool.idle("101") == 0
+        r, _ = await _get(pool, "101", port, "/unframed")
+        assert r.code == 200 and r.body == b"until close" and pool.idle("101") == 0
+        r, _ = await _get(pool, "101", port, reuse=False)
+        assert r.code == 200 and pool.idle("101") == 1  # a new connection still goes back
+    finally:
+        pool.close()
+        server.stop()
+
+
+async def test_a_connection_the_service_closed_is_not_reused():
+    import asyncio
+
+    server, port = await _serve_small(idle_timeout=0.2)
+    pool = ConnectionPool(idle_seconds=30)
+    try:
+        first, _ = await _get(pool, "101", port)
+        assert pool.idle("101") == 1
+        await asyncio.sleep(0.6)  # the service closes the idle connection
+        second, reused = await _get(pool, "101", port)
+        assert second.code == 200 and not reused and second.body != first.body
+        assert pool.counters["discarded"] == 1
+    finally:
+        pool.close()
+        server.stop()
+
+
+async def test_idle_connections_expire():
+    import asyncio
+
+    server, port = await _serve_small()
+    pool = ConnectionPool(idle_seconds=0.1)
+    try:
+        await _get(pool, "101", port)
+        await asyncio.sleep(0.3)
+        _, reused = await _get(pool, "101", port)
+        assert not reused
+        disabled = ConnectionPool(idle_seconds=0)
+        await _get(disabled, "101", port)
+        assert disabled.idle("101") == 0
+    finally:
+        pool.close()
+        server.stop()
+
+
+async def test_a_request_on_a_connection_closed_in_flight_is_recognised_as_stale():
+    """The service closes a kept-alive connection just as the next request arrives (the race the
+    liveness check cannot see): the error is one the proxy answers by sending the GET again."""
+    import asyncio
+
+    from jupyter_hpc.proxy import _stale
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the second request on this connection: no answer
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = ConnectionPool(idle_seconds=30)
+    try:
+        first, reused = await _get(pool, "101", port, "/")
+        assert first.code == 200 and first.body == b"ok" and not reused and pool.idle("101") == 1
+        client = ProxyHTTPClient(force_instance=True, resolver=NodeResolver(), pool=pool, pool_key="101")
+        try:
+            with pytest.raises(Exception) as failed:
+                await client.fetch(f"http://127.0.0.1:{port}/", raise_error=False)
+            assert client.reused_connection and _stale(failed.value), repr(failed.value)
+        finally:
+            client.close()
+        third, reused = await _get(pool, "101", port, "/", reuse=False)
+        assert third.code == 200 and not reused
+    finally:
+        pool.close()
+        server.close()
+
+
+async def test_expired_connections_are_closed_without_further_requests():
+    import asyncio
+
+    server, port = await _serve_small()
+    pool = ConnectionPool(idle_seconds=0.1)
+    try:
+        await _get(pool, "101", port)
+        stream = pool._idle["101"][0][2]
+        await asyncio.sleep(0.9)
+        assert stream.closed() and pool.idle("101") == 0
+    finally:
+        pool.close()
+        server.stop()
+
+
+async def test_status_and_headers_arrive_before_the_first_chunk():
+    server, port = await _serve()
+    events = []
+    client = ProxyHTTPClient(force_instance=True, max_body_size=64 << 20, max_buffer_size=64 << 20,
+                             resolver=NodeResolver())
+    req = httpclient.HTTPRequest(f"http://127.0.0.1:{port}/big", streaming_callback=lambda c: events.append(len(c)))
+    req.response_start_callback = lambda code, reason, headers: events.append((code, reason, headers["Content-Type"]))
+    try:
+        r = await client.fetch(req)
+    finally:
+        client.close()
+        server.stop()
+    assert r.code == 200
+    assert events[0] == (200, "OK", "application/octet-stream")
+    assert sum(events[1:]) == len(BODY)
