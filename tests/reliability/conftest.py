@@ -53,6 +53,9 @@ DEAD_REF = f"docker://127.0.0.1:{DEAD_REGISTRY_PORT}/demo/tiny:latest"
 LOAD_USERS = [f"user{i:02d}" for i in range(1, 11)]
 IMAGE = "site:notebook.sif"
 HUB_POLL_INTERVAL = 2
+#: The hub's start_timeout. Twenty servers starting at once on a 2-core machine (test_load) take
+#: 60-100 s here and longer on slower machines; a spawn is timed out only far beyond that.
+HUB_START_TIMEOUT = 420
 #: The hub's job watcher interval (APPTAINER_SPAWNER_CONFIG of hub_fixtures).
 WATCH_INTERVAL = 2.0
 #: The user servers' job watcher interval (set by server_fixtures.UserServer).
@@ -196,7 +199,7 @@ def hub(tb, tmp_path_factory):
 
     users = ["alice", "bob", "carol", HOSTILE_USER] + LOAD_USERS
     h = HubProcess(str(tmp_path_factory.mktemp("relhub")), users=users, job_name=JOB_NAME,
-                   poll_interval=HUB_POLL_INTERVAL, start_timeout=180, extra_config=HUB_EXTRA)
+                   poll_interval=HUB_POLL_INTERVAL, start_timeout=HUB_START_TIMEOUT, extra_config=HUB_EXTRA)
     h.start()
     yield h
     try:

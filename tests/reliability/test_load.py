@@ -18,18 +18,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import IMAGE, JOB_NAME, jobs_named
+from conftest import HUB_START_TIMEOUT, IMAGE, JOB_NAME, jobs_named
 from reliability_figures import percentile
 from reliability_support import job_state, scancel
 
-pytestmark = [pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.timeout(1200)]
 
 NAMED = "second"
 CELLS_PER_SERVER = 25
 SPAWN_OPTIONS = {"image": IMAGE, "cpus": 1, "memory": "512M", "time": "00:30:00"}
 CELL = {"image": IMAGE, "time": "00:05:00", "memory": "128M", "cpus": 1}
-#: Longest wait for the servers (below the hub's start_timeout, so none is timed out meanwhile).
-SERVER_WAIT = 170
+#: Longest wait for the servers: well below the hub's start_timeout, so that none is timed out by the
+#: hub while it is still being waited for (a round of checking 20 servers can take many seconds).
+SERVER_WAIT = HUB_START_TIMEOUT - 90
 #: p99 latency of /hub/api that still counts as responsive on the 2-core testbed under full load.
 HUB_API_P99_LIMIT_MS = 3000
 
