@@ -98,11 +98,11 @@ class ConnectionPool:
 
     def acquire(self, key: str, address: Tuple[str, int]) -> Optional[IOStream]:
         """A live idle connection of ``key`` to ``address``, or None."""
-        self._sweep()
+        limit = time.monotonic() - self.idle_seconds
         idle = self._idle.get(key)
         while idle:
-            _, addr, stream = idle.pop()
-            if addr == address and _still_open(stream):
+            released, addr, stream = idle.pop()
+            if released >= limit and addr == address and _still_open(stream):
                 self.counters["reused"] += 1
                 return stream
             self.counters["discarded"] += 1
@@ -119,7 +119,6 @@ class ConnectionPool:
         idle.append((time.monotonic(), address, stream))
         while len(idle) > self.per_job:
             idle.pop(0)[2].close()
-        self._sweep()
         self._schedule_sweep()
 
     def _schedule_sweep(self) -> None:
@@ -162,9 +161,14 @@ class ConnectionPool:
                 del self._idle[key]
 
 
+def _drained(stream: IOStream) -> bool:
+    """The stream is open and holds no unread bytes in tornado's read buffer."""
+    return not stream.closed() and not getattr(stream, "_read_buffer_size", 1)
+
+
 def _still_open(stream: IOStream) -> bool:
     """True if nothing arrived on an idle connection: no close (EOF), no stray bytes."""
-    if stream.closed() or getattr(stream, "_read_buffer_size", 1):
+    if not _drained(stream):
         return False
     try:
         stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -234,7 +238,7 @@ class _BulkReadConnection(simple_httpclient._HTTPConnection):
         stream = getattr(self, "stream", None)
         if self._pool() is None or connection is None or stream is None or connection.stream is not stream:
             return False
-        if stream.closed() or getattr(stream, "_read_buffer_size", 1):
+        if not _drained(stream):
             return False
         if self.request.headers.get("Connection", "").lower() != "keep-alive":
             return False
@@ -292,6 +296,10 @@ class ProxyRefused(web.HTTPError):
 def forget_target(settings, job_id: str) -> None:
     """Drop a cached target and its idle connections (called when a service is stopped)."""
     _cache(settings).pop(job_id, None)
+    _drop_connections(settings, job_id)
+
+
+def _drop_connections(settings, job_id: str) -> None:
     pool = settings.get(_POOL_KEY)
     if pool is not None:
         pool.drop(job_id)
@@ -395,7 +403,6 @@ class ServiceProxyHandler(ProxyHandler):
         pool = self.settings.get(_POOL_KEY)
         if pool is None:
             pool = self.settings[_POOL_KEY] = ConnectionPool(seconds)
-        pool.idle_seconds = seconds
         return pool
 
     def _client(self, reuse: bool = True) -> ProxyHTTPClient:
@@ -428,9 +435,7 @@ class ServiceProxyHandler(ProxyHandler):
         finally:
             client.close()
         if retry:
-            pool = self.settings.get(_POOL_KEY)
-            if pool is not None:
-                pool.drop(self._job_id or "")
+            _drop_connections(self.settings, self._job_id or "")
             client = self._client(reuse=False)
             try:
                 await self._proxy_streamed_once(host, port, proxied_path, client)
@@ -487,11 +492,7 @@ class ServiceProxyHandler(ProxyHandler):
             code = getattr(err, "code", 599)
             raise web.HTTPError(599 if code == 599 else 502, str(err)) from None
         self._record_activity()
-        if response.error and type(response.error) is not httpclient.HTTPError:
-            if started:
-                self.log.warning("jupyter-hpc proxy: download from job %s broke off: %s", self._job_id, response.error)
-                return False
-            raise web.HTTPError(502, f"the service did not answer: {response.error}")
+        # raise_error=False: only HTTP status errors come back here (any other failure raised above)
         if not started:
             start(response.code, response.reason, response.headers)
         return False
