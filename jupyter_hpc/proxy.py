@@ -17,13 +17,16 @@ Anything else is answered 404 (unknown/not a service/finished) or 403 (not
 allowed), before any connection to a node is made. The target never comes from
 the request: the URL only names a job id.
 
-Upstream, GET responses stream through in large reads, and connections to a
-service are kept alive in a :class:`ConnectionPool` keyed by job id
+Upstream, GET responses stream through: a body of known length goes from the
+service's socket into two alternating buffers and from there to the browser's
+socket without further copies (:class:`_LendingHTTP1Connection`). Connections to
+a service are kept alive in a :class:`ConnectionPool` keyed by job id
 (``HPCExtension.proxy_keepalive_seconds``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -32,6 +35,7 @@ from typing import Any, Awaitable, Dict, List, Optional, Tuple
 from jupyter_server.utils import url_path_join
 from jupyter_server_proxy.handlers import ProxyHandler
 from tornado import httpclient, httputil, simple_httpclient, web
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
@@ -47,7 +51,6 @@ _POOL_KEY = "jupyter_hpc_proxy_pool"
 #: Response headers of streamed downloads not passed on (tornado frames the response
 #: itself; the body is forwarded byte for byte, so Content-Length stays true).
 _NOT_FORWARDED = ("Transfer-Encoding", "Connection", "Keep-Alive")
-_FLUSH_BYTES = 1024 * 1024
 #: Size of the reads from a service (tornado's default is 64 KiB): a large download then
 #: costs a few dozen reads and writes per 50 MB instead of hundreds.
 READ_BYTES = 1024 * 1024
@@ -199,8 +202,46 @@ class _PoolingTCPClient(TCPClient):
         return stream
 
 
+class _LendingHTTP1Connection(HTTP1Connection):
+    """Client side of one HTTP/1.1 exchange that can lend its read buffers to the body's consumer.
+
+    With ``lend_views``, a body of known length is read straight from the socket into two
+    buffers of ``chunk_size`` that take turns, and the consumer (the request's streaming
+    callback) gets a ``memoryview`` of the bytes read. The view stays valid until the
+    awaitable the consumer returned is done (for the proxy: handed to the browser's socket),
+    so a download moves from one socket to the other without the copies of tornado's
+    ``read_bytes`` (into its read buffer, then out of it as ``bytes``), and reading the next
+    piece overlaps with sending the previous one.
+    """
+
+    lend_views = False
+
+    async def _read_fixed_body(self, content_length: int, delegate: httputil.HTTPMessageDelegate) -> None:
+        if not self.lend_views:
+            return await super()._read_fixed_body(content_length, delegate)
+        size = min(self.params.chunk_size or READ_BYTES, content_length)
+        buffers: List[memoryview] = []
+        in_flight: Optional[Awaitable[None]] = None
+        turn = 0
+        while content_length > 0:
+            if len(buffers) == turn:
+                buffers.append(memoryview(bytearray(size)))
+            view = buffers[turn]
+            # This buffer's previous bytes were sent before the other buffer's were handed on.
+            got = await self.stream.read_into(view[:min(size, content_length)], partial=True)
+            content_length -= got
+            if in_flight is not None:
+                await in_flight  # one write at a time (HTTP1Connection keeps a single write future)
+            in_flight = delegate.data_received(view[:got])
+            turn ^= 1
+            await asyncio.sleep(0)  # other requests get their turn between pieces of a large body
+        if in_flight is not None:
+            await in_flight
+
+
 class _BulkReadConnection(simple_httpclient._HTTPConnection):
-    """tornado's client connection, reading the response body in ``READ_BYTES`` pieces.
+    """tornado's client connection, reading the response body in ``READ_BYTES`` pieces
+    (into lent buffers, see :class:`_LendingHTTP1Connection`, when the request allows it).
 
     With a pool, the request asks for keep-alive and a connection whose response
     was read completely (framed by Content-Length or chunked encoding, no
@@ -218,11 +259,19 @@ class _BulkReadConnection(simple_httpclient._HTTPConnection):
         return tcp.pool if isinstance(tcp, _PoolingTCPClient) else None
 
     def _create_connection(self, stream):
-        stream.read_chunk_size = max(stream.read_chunk_size, min(READ_BYTES, stream.max_buffer_size // 2))
-        connection = super()._create_connection(stream)
-        connection.params.chunk_size = max(connection.params.chunk_size, READ_BYTES)
-        if self._pool() is not None:
-            connection.params.no_keep_alive = False
+        stream.set_nodelay(True)
+        lend = bool(getattr(self.request, "streaming_callback_takes_views", False))
+        if not lend:  # bodies pass through tornado's read buffer: fill it in large reads
+            stream.read_chunk_size = max(stream.read_chunk_size, min(READ_BYTES, stream.max_buffer_size // 2))
+        params = HTTP1ConnectionParameters(
+            no_keep_alive=self._pool() is None,
+            chunk_size=READ_BYTES,
+            max_header_size=self.max_header_size,
+            max_body_size=self.max_body_size,
+            decompress=bool(self.request.decompress_response),
+        )
+        connection = _LendingHTTP1Connection(stream, True, params, self._sockaddr)
+        connection.lend_views = lend
         return connection
 
     async def headers_received(self, first_line, headers) -> None:
@@ -464,22 +513,19 @@ class ServiceProxyHandler(ProxyHandler):
                     value = self._rewrite_location_header(value, host, port, proxied_path)
                 self.add_header(name, value)
 
-        pending = 0
-
-        def on_chunk(chunk: bytes) -> Optional[Awaitable[None]]:
-            # Written out in blocks of _FLUSH_BYTES; returning the flush makes the
-            # client wait for a slow reader (memory stays bounded).
-            nonlocal pending
-            self.write(chunk)
-            pending += len(chunk)
-            if pending < _FLUSH_BYTES:
-                return None
-            pending = 0
-            # A large chunk goes out as it came (no copy into a joined buffer).
+        def on_chunk(chunk) -> Awaitable[None]:
+            # ``chunk`` may be a view of the client's read buffer, valid until the returned
+            # awaitable is done; awaiting the write also holds the download to the browser's pace.
+            if self._headers_written and not self._transforms:
+                return self.request.connection.write(chunk)  # straight to the browser's socket
+            # First piece (it goes out with the headers), or output transforms configured
+            # (e.g. ``compress_response``): through RequestHandler.write, which keeps no view.
+            self.write(bytes(chunk))
             return self.flush()
 
         req = self._build_proxy_request(host, port, proxied_path, None, streaming_callback=on_chunk)
         req.response_start_callback = start  # type: ignore[attr-defined]  # see _BulkReadConnection
+        req.streaming_callback_takes_views = True  # type: ignore[attr-defined]  # see _LendingHTTP1Connection
         try:
             response = await client.fetch(req, raise_error=False)
         except (httpclient.HTTPError, StreamClosedError, ConnectionError) as err:
@@ -487,7 +533,10 @@ class ServiceProxyHandler(ProxyHandler):
                 return True  # a kept-alive connection the service had closed: send it again
             self._record_activity()
             if started:  # the body was cut off after it began: end the response here
-                self.log.warning("jupyter-hpc proxy: download from job %s broke off: %s", self._job_id, err)
+                if self.request.connection.stream.closed():  # the browser left (tab closed, download cancelled)
+                    self.log.info("jupyter-hpc proxy: reader of a download from job %s went away", self._job_id)
+                else:
+                    self.log.warning("jupyter-hpc proxy: download from job %s broke off: %s", self._job_id, err)
                 return False
             code = getattr(err, "code", 599)
             raise web.HTTPError(599 if code == 599 else 502, str(err)) from None

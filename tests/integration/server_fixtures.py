@@ -185,6 +185,11 @@ def server_for(user: str, venv: str, **kwargs) -> UserServer:
     return UserServer(user, venv, **kwargs).start()
 
 
+def big_body(mb: int) -> bytes:
+    """What the service's ``/big?mb=N`` answers."""
+    return b"".join(b"%08d" % i * (1024 * 1024 // 8) for i in range(mb))
+
+
 def wait_cell(server: UserServer, job_id: str, timeout: float = 120, since: int = 0):
     """Poll GET cells/{id} until done; returns (all outputs, last answer, answers)."""
     outputs = []
@@ -230,12 +235,12 @@ class Info(web.RequestHandler):
 
 class Big(web.RequestHandler):
     async def get(self):
+        # MiB number i is "%08d" % i repeated: a piece out of place or overwritten shows
         mb = int(self.get_argument("mb", "1"))
-        chunk = b"x" * (1024 * 1024)
         self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Length", str(mb * len(chunk)))
-        for _ in range(mb):
-            self.write(chunk)
+        self.set_header("Content-Length", str(mb * 1024 * 1024))
+        for i in range(mb):
+            self.write(b"%08d" % i * (1024 * 1024 // 8))
             await self.flush()
 
 

@@ -7,12 +7,13 @@ import json
 import os
 import pwd
 import subprocess
+import time
 
 import pytest
 import requests
 import websocket
 
-from server_fixtures import server_for, start_service, validate_schema
+from server_fixtures import big_body, server_for, start_service, validate_schema
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +89,37 @@ def test_downloads_stream_and_redirects_stay_under_the_proxy(alice, service):
         # streamed through byte for byte: the service's Content-Length is kept
         assert r.headers["Content-Length"] == str(3 * 1024 * 1024)
         body = b"".join(r.iter_content(256 * 1024))
-    assert len(body) == 3 * 1024 * 1024 and body.count(b"x") == len(body)
+    assert body == big_body(3)
 
     r = requests.get(alice.url(f"jupyter-hpc/proxy/{job_id}/moved"), headers=alice.headers(),
                      allow_redirects=False, timeout=30)
     assert r.status_code == 302
     assert r.headers["Location"] == f"/jupyter-hpc/proxy/{job_id}/some/target?from=moved"
+
+
+def test_downloads_arrive_intact_for_slow_and_for_vanished_readers(alice, service):
+    """A reader slower than the service gets every byte in order (the proxy holds the download
+    to the reader's pace); a reader that leaves mid-download does not break the next request."""
+    job_id = service["job_id"]
+    url = alice.url(f"jupyter-hpc/proxy/{job_id}/big")
+    pieces = []
+    with requests.get(url, params={"mb": "6"}, headers=alice.headers(), stream=True, timeout=120) as r:
+        assert r.status_code == 200
+        for piece in r.iter_content(64 * 1024):
+            pieces.append(piece)
+            if len(pieces) % 4 == 0:
+                time.sleep(0.02)
+    assert b"".join(pieces) == big_body(6)
+
+    for _ in range(3):
+        with requests.get(url, params={"mb": "40"}, headers=alice.headers(), stream=True, timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_content(256 * 1024))
+        # leaving the with-block closes the connection with most of the body unread
+    with requests.get(url, params={"mb": "2"}, headers=alice.headers(), timeout=60) as r:
+        assert r.status_code == 200 and r.content == big_body(2)
+    r = requests.get(alice.url(f"jupyter-hpc/proxy/{job_id}/after-vanished"), headers=alice.headers(), timeout=30)
+    assert r.status_code == 200 and r.json()["path"] == "/after-vanished"
 
 
 def test_requests_reuse_kept_alive_connections_to_the_service(alice, service):

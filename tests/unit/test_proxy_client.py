@@ -1,10 +1,13 @@
 """The proxy's HTTP client: large body reads and remembered node lookups (a local tornado server, no cluster)."""
 
+import asyncio
+import random
 import socket
 
 import pytest
 
 from tornado import httpclient, web
+from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.httpserver import HTTPServer
 
@@ -13,15 +16,24 @@ from jupyter_hpc.proxy import READ_BYTES, ConnectionPool, NodeResolver, ProxyHTT
 BODY = bytes(range(256)) * (12 * 1024)  # 3 MiB
 
 
+#: No repeating pattern: a piece delivered twice, out of order or overwritten shows.
+RANDOM_BODY = random.Random(4).randbytes(5 * 1024 * 1024 + 123)
+
+
 class Big(web.RequestHandler):
     def get(self):
         self.set_header("Content-Type", "application/octet-stream")
         self.write(BODY)
 
 
+class RandomBody(web.RequestHandler):
+    def get(self):
+        self.write(RANDOM_BODY)
+
+
 async def _serve():
     sockets = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-    server = HTTPServer(web.Application([("/big", Big)]))
+    server = HTTPServer(web.Application([("/big", Big), ("/random", RandomBody)]))
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]
 
@@ -257,3 +269,77 @@ async def test_status_and_headers_arrive_before_the_first_chunk():
     assert r.code == 200
     assert events[0] == (200, "OK", "application/octet-stream")
     assert sum(events[1:]) == len(BODY)
+
+
+# -- bodies read into lent buffers ----------------------------------------------------------------
+
+
+def _lending_request(url, consume):
+    req = httpclient.HTTPRequest(url, streaming_callback=consume)
+    req.streaming_callback_takes_views = True
+    return req
+
+
+async def test_lent_buffers_stay_untouched_until_the_consumer_is_done_with_them():
+    """The body comes as views of the client's two read buffers; a view's bytes do not change
+    before the awaitable the consumer returned for it is done, however slow the consumer is."""
+    server, port = await _serve()
+    loop = asyncio.get_running_loop()
+    got, changed, kinds = [], [], set()
+
+    def consume(view):
+        kinds.add(type(view))
+        first = bytes(view)
+        done = loop.create_future()
+
+        def finish():
+            if bytes(view) != first:
+                changed.append(len(got))
+            got.append(first)
+            done.set_result(None)
+
+        loop.call_later(0.002, finish)
+        return done
+
+    client = ProxyHTTPClient(force_instance=True, max_body_size=64 << 20, max_buffer_size=64 << 20,
+                             resolver=NodeResolver())
+    try:
+        r = await client.fetch(_lending_request(f"http://127.0.0.1:{port}/random", consume))
+    finally:
+        client.close()
+        server.stop()
+    assert r.code == 200 and not changed
+    assert b"".join(got) == RANDOM_BODY
+    assert kinds == {memoryview}
+    assert max(len(c) for c in got) <= READ_BYTES
+
+
+async def test_a_consumer_that_fails_ends_the_download_and_its_connection():
+    """When the browser goes away mid-download (its write fails), reading stops and the
+    connection to the service is closed, not kept for the next request."""
+    server, port = await _serve()
+    pool = ConnectionPool(idle_seconds=30)
+    seen = []
+
+    def consume(view):
+        seen.append(len(view))
+        if len(seen) == 2:
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(StreamClosedError())
+            return failed
+        return None
+
+    client = ProxyHTTPClient(force_instance=True, max_body_size=64 << 20, max_buffer_size=64 << 20,
+                             resolver=NodeResolver(), pool=pool, pool_key="42")
+    try:
+        with pytest.raises((StreamClosedError, httpclient.HTTPError)):
+            await client.fetch(_lending_request(f"http://127.0.0.1:{port}/random", consume))
+        assert sum(seen) < len(RANDOM_BODY) and pool.idle("42") == 0
+        # the next request gets a new connection and the whole body
+        got = []
+        r = await client.fetch(_lending_request(f"http://127.0.0.1:{port}/random", lambda v: got.append(bytes(v))))
+        assert r.code == 200 and b"".join(got) == RANDOM_BODY
+    finally:
+        client.close()
+        pool.close()
+        server.stop()
