@@ -234,7 +234,8 @@ class _LendingHTTP1Connection(HTTP1Connection):
                 await in_flight  # one write at a time (HTTP1Connection keeps a single write future)
             in_flight = delegate.data_received(view[:got])
             turn ^= 1
-            await asyncio.sleep(0)  # other requests get their turn between pieces of a large body
+            if content_length > 0:
+                await asyncio.sleep(0)  # other requests get their turn between pieces of a large body
         if in_flight is not None:
             await in_flight
 
