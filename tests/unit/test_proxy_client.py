@@ -171,8 +171,6 @@ async def test_connections_the_response_ends_are_not_kept():
 
 
 async def test_a_connection_the_service_closed_is_not_reused():
-    import asyncio
-
     server, port = await _serve_small(idle_timeout=0.2)
     pool = ConnectionPool(idle_seconds=30)
     try:
@@ -188,8 +186,6 @@ async def test_a_connection_the_service_closed_is_not_reused():
 
 
 async def test_idle_connections_expire():
-    import asyncio
-
     server, port = await _serve_small()
     pool = ConnectionPool(idle_seconds=0.1)
     try:
@@ -208,8 +204,6 @@ async def test_idle_connections_expire():
 async def test_a_request_on_a_connection_closed_in_flight_is_recognised_as_stale():
     """The service closes a kept-alive connection just as the next request arrives (the race the
     liveness check cannot see): the error is one the proxy answers by sending the GET again."""
-    import asyncio
-
     from jupyter_hpc.proxy import _stale
 
     async def serve(reader, writer):
@@ -240,8 +234,6 @@ async def test_a_request_on_a_connection_closed_in_flight_is_recognised_as_stale
 
 
 async def test_expired_connections_are_closed_without_further_requests():
-    import asyncio
-
     server, port = await _serve_small()
     pool = ConnectionPool(idle_seconds=0.1)
     try:
