@@ -219,7 +219,7 @@ class _LendingHTTP1Connection(HTTP1Connection):
     async def _read_fixed_body(self, content_length: int, delegate: httputil.HTTPMessageDelegate) -> None:
         if not self.lend_views:
             return await super()._read_fixed_body(content_length, delegate)
-        size = min(self.params.chunk_size or READ_BYTES, content_length)
+        size = min(self.params.chunk_size, content_length)  # READ_BYTES, see _BulkReadConnection
         buffers: List[memoryview] = []
         in_flight: Optional[Awaitable[None]] = None
         turn = 0
@@ -479,18 +479,15 @@ class ServiceProxyHandler(ProxyHandler):
     async def _proxy_streamed(self, host, port, proxied_path) -> None:
         """GET, on a kept-alive connection when one is idle; sent again on a new connection
         if the service had closed that one before answering (GET is idempotent)."""
-        client = self._client()
-        try:
-            retry = await self._proxy_streamed_once(host, port, proxied_path, client)
-        finally:
-            client.close()
-        if retry:
-            _drop_connections(self.settings, self._job_id or "")
-            client = self._client(reuse=False)
+        for reuse in (True, False):
+            client = self._client(reuse=reuse)
             try:
-                await self._proxy_streamed_once(host, port, proxied_path, client)
+                retry = await self._proxy_streamed_once(host, port, proxied_path, client)
             finally:
                 client.close()
+            if not retry:  # only a reused connection asks for a retry, so the loop ends after two
+                return
+            _drop_connections(self.settings, self._job_id or "")
 
     async def _proxy_streamed_once(self, host, port, proxied_path, client: ProxyHTTPClient) -> bool:
         """GET with the response body forwarded chunk by chunk as it arrives.
